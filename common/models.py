@@ -1,0 +1,191 @@
+"""Models shared by workflows, activities, the CLI and tests.
+
+One input model per workflow (each extends ``RollbackRequest``), one status model for all.
+Inputs forbid unknown fields so a typo in the Web UI's JSON is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from common.policy import Severity
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class RollbackRequest(Input):
+    """Fields every rollback takes."""
+
+    severity: Severity = Field(description='"SEV-0" .. "SEV-4", from the runbook\'s matrix')
+    requested_by: str = Field(min_length=1, description="who asks for the rollback")
+    reason: str = Field(min_length=1, description="why, in a sentence")
+    dry_run: bool = Field(False, description="resolve everything, return the plan, change nothing")
+    monitor_minutes: float | None = Field(
+        None, gt=0, le=24 * 60, description="post-rollback monitoring window (default 30)"
+    )
+
+
+class ServiceRollbackInput(RollbackRequest):
+    service: str = Field(min_length=1, description="catalog name of the service, e.g. 'api'")
+    to_version: str | None = Field(None, description="image tag to return to; default: previous")
+    rollout_percentages: list[int] | None = Field(
+        None, description="gradual traffic shift for blue/green services, e.g. [50, 100]"
+    )
+
+    @field_validator("rollout_percentages")
+    @classmethod
+    def _increasing_to_100(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v or any(p < 1 or p > 100 for p in v) or v != sorted(set(v)) or v[-1] != 100:
+            raise ValueError(
+                "must be increasing percentages between 1 and 100 that end at 100, e.g. [50, 100]"
+            )
+        return v
+
+
+# --- decisions (signal and update payloads: one JSON object each, for the Web UI) ---
+
+
+class Decision(Input):
+    approver: str = Field(min_length=1)
+    comment: str = ""
+    reason: str = ""
+
+
+class Escalation(Input):
+    severity: Severity
+    by: str = Field(min_length=1)
+    comment: str = ""
+
+
+class DecisionRequest(Decision):
+    """Update payload: approve or reject and learn at once whether it counted."""
+
+    decision: Literal["approve", "reject"]
+
+
+class DecisionOutcome(BaseModel):
+    counted: bool
+    message: str
+    approvals: "Approvals"
+
+
+# --- status ---
+
+
+class Phase(StrEnum):
+    starting = "starting"
+    planned = "planned"  # dry run finished
+    awaiting_approval = "awaiting_approval"
+    rolling_back = "rolling_back"
+    paused = "paused"  # a gradual step's check failed: a human decides
+    validating = "validating"
+    monitoring = "monitoring"
+    succeeded = "succeeded"
+    failed = "failed"
+    rejected = "rejected"
+    timed_out = "timed_out"
+    cancelled = "cancelled"
+    refused = "refused"  # another rollback of the same target is in flight
+
+
+FINAL_PHASES = {
+    Phase.planned, Phase.succeeded, Phase.failed, Phase.rejected,
+    Phase.timed_out, Phase.cancelled, Phase.refused,
+}
+
+
+class StepState(StrEnum):
+    pending = "pending"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    cancelled = "cancelled"
+
+
+class Step(BaseModel):
+    name: str
+    state: StepState = StepState.pending
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    detail: str = ""
+
+
+class Event(BaseModel):
+    at: datetime
+    what: str
+
+
+class ApprovalRecord(BaseModel):
+    approver: str
+    at: datetime
+    comment: str = ""
+    note: str = ""
+
+
+class Refusal(BaseModel):
+    approver: str
+    at: datetime
+    reason: str
+
+
+class Requirement(BaseModel):
+    label: str  # e.g. "approver", "database administrator"
+    count: int
+    eligible: list[str]
+    met_by: list[str] = Field(default_factory=list)
+
+
+class Approvals(BaseModel):
+    required: list[Requirement] = Field(default_factory=list)
+    eligible: list[str] = Field(default_factory=list, description="who could approve now")
+    received: list[ApprovalRecord] = Field(default_factory=list)
+    refused: list[Refusal] = Field(default_factory=list)
+    rejected_by: ApprovalRecord | None = None
+    satisfied: bool = False
+    context: str = Field("", description="what the approvers are asked to approve")
+
+
+class CheckResult(BaseModel):
+    name: str
+    ok: bool | None  # None: could not be checked (no data)
+    value: float | str | None = None
+    baseline: float | str | None = None
+    limit: float | None = None
+    detail: str = ""
+    at: datetime | None = None
+
+
+class RollbackStatus(BaseModel):
+    kind: str
+    target: str
+    phase: Phase = Phase.starting
+    workflow_id: str = ""
+    from_version: str | None = None
+    to_version: str | None = None
+    severity: str
+    requested_by: str
+    reason: str
+    dry_run: bool = False
+    approvals: Approvals = Field(default_factory=Approvals)
+    steps: list[Step] = Field(default_factory=list)
+    checks: list[CheckResult] = Field(default_factory=list)
+    regressions: list[CheckResult] = Field(default_factory=list)
+    plan: list[str] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)
+    message: str = ""
+    report: str = Field("", description="the final report (Markdown), set when the rollback ends")
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+DecisionOutcome.model_rebuild()

@@ -1,0 +1,91 @@
+"""Policy as data: the runbook's Rollback Decision Matrix and its thresholds.
+
+The defaults below ARE the runbook (``rollback-runbook.md`` > Rollback Decision Matrix,
+Common Rollback Scenarios). A catalog may override any of it under ``policy:``.
+This module is pure (no I/O, no clocks) so workflows can use it directly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Severity = Literal["SEV-0", "SEV-1", "SEV-2", "SEV-3", "SEV-4"]
+SEVERITIES: tuple[str, ...] = ("SEV-0", "SEV-1", "SEV-2", "SEV-3", "SEV-4")
+
+# Roles are the list names under ``people:`` in the catalog.
+Role = Literal["approvers", "on_call", "dbas", "security"]
+ROLE_LABEL = {
+    "approvers": "approver",
+    "on_call": "on-call engineer",
+    "dbas": "database administrator",
+    "security": "security engineer",
+}
+
+
+class SeverityRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    trigger: str
+    response_minutes: float | None = Field(
+        description="the matrix's response time; drives approval reminders (None: standard process)"
+    )
+    approvals: int = Field(ge=1)
+    approver_role: Role
+    requester_may_approve: bool = Field(
+        description="True: a requester holding the role is approved at start (SEV-2+)"
+    )
+
+
+DEFAULT_MATRIX: dict[str, SeverityRule] = {
+    "SEV-0": SeverityRule(trigger="Informational, no impact", response_minutes=None,
+                          approvals=2, approver_role="approvers", requester_may_approve=False),
+    "SEV-1": SeverityRule(trigger="Minor degradation, < 5% users", response_minutes=30,
+                          approvals=1, approver_role="approvers", requester_may_approve=False),
+    "SEV-2": SeverityRule(trigger="Significant degradation, 5-25% users", response_minutes=15,
+                          approvals=1, approver_role="on_call", requester_may_approve=True),
+    "SEV-3": SeverityRule(trigger="Major outage, > 25% users", response_minutes=5,
+                          approvals=1, approver_role="on_call", requester_may_approve=True),
+    "SEV-4": SeverityRule(trigger="Complete outage, security breach", response_minutes=0,
+                          approvals=1, approver_role="on_call", requester_may_approve=True),
+}
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Scenario 1: "Error rate > 0.5% above baseline" (percentage points).
+    error_rate_pp_above_baseline: float = 0.5
+    # Scenario 2: "Latency p95 > 25% above baseline".
+    latency_p95_pct_above_baseline: float = 25.0
+    # Scenario 4: "... drops > 10%".
+    business_metric_drop_pct: float = 10.0
+
+
+class Policy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    matrix: dict[Severity, SeverityRule] = Field(default_factory=lambda: dict(DEFAULT_MATRIX))
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    approval_timeout_minutes: float = Field(240, gt=0)
+    # Reminder cadence while waiting when the matrix says "Immediate" (0) or nothing.
+    min_reminder_minutes: float = Field(1, gt=0)
+    standard_reminder_minutes: float = Field(60, gt=0)
+    gradual_step_wait_minutes: float = Field(5, ge=0, description="runbook: 'Wait 5 minutes'")
+    monitor_minutes: float = Field(30, gt=0, description="runbook: 'Monitor for 30 minutes'")
+    monitor_interval_minutes: float = Field(5, gt=0)
+    metric_window_minutes: float = Field(5, gt=0, description="runbook: --window=5m")
+    validation_attempts: int = Field(3, ge=1, description="tries before validation fails")
+    validation_retry_seconds: float = Field(20, ge=0)
+    settle_timeout_minutes: float = Field(30, gt=0)
+    settle_poll_seconds: float = Field(15, gt=0)
+
+    def rule(self, severity: str) -> SeverityRule:
+        return self.matrix.get(severity) or DEFAULT_MATRIX[severity]  # type: ignore[index]
+
+    def reminder_minutes(self, severity: str) -> float:
+        minutes = self.rule(severity).response_minutes
+        if minutes is None:
+            return self.standard_reminder_minutes
+        return max(minutes, self.min_reminder_minutes)

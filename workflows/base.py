@@ -1,0 +1,287 @@
+"""What every rollback procedure shares: status, signals, the approval step, the per-target
+lock, phases and search attributes, the monitoring window, the final report.
+
+A procedure subclasses ``RollbackWorkflow``, lists its runbook steps, and implements
+``execute``; ``conduct`` wraps it with everything an on-call engineer relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Awaitable, Callable
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.catalog import CatalogActivities
+    from activities.notify import Notification, NotifyActivities
+    from activities.temporal_locks import LockActivities, LockHolder, LockRequest
+    from common.catalog import Catalog, UnknownTarget
+    from common.models import (
+        FINAL_PHASES, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation, Phase,
+        Refusal, RollbackRequest, RollbackStatus,
+    )
+    from common.temporal import KIND, PHASE, SEVERITY, TARGET
+    from workflows.gate import ApprovalGate, ExtraRequirement
+    from workflows.options import NOTIFY, call
+    from workflows.report import render_report, render_summary
+    from workflows.timeline import StepFailed, Timeline, innermost_message as _innermost
+
+APPROVAL = "Approval"
+
+
+class GateClosed(Exception):
+    """The gate ended without approval (rejected or timed out); nothing was changed."""
+
+
+class RollbackWorkflow:
+    """Base class. Guarantees, for every procedure:
+
+    - nothing changes before the approvals the policy requires are in;
+    - two rollbacks of the same target never act at once (the later one is refused);
+    - every step is visible in ``status`` as it happens, and the phase is a search attribute;
+    - cancelling stops further changes and records the state reached.
+    """
+
+    kind = "rollback"
+
+    def __init__(self) -> None:
+        self._status: RollbackStatus | None = None
+        self.timeline: Timeline | None = None
+        self.gate: ApprovalGate | None = None
+        self.catalog: Catalog | None = None
+        self._early: list[tuple[str, Decision]] = []
+        self._lock_id: str | None = None
+
+    @property
+    def s(self) -> RollbackStatus:
+        assert self._status is not None
+        return self._status
+
+    # --- handlers every procedure offers ---------------------------------------------
+
+    @workflow.query
+    def status(self) -> RollbackStatus | None:
+        """Where the rollback stands: phase, versions, approvals, steps, checks."""
+        return self._status
+
+    @workflow.signal
+    def approve(self, decision: Decision) -> None:
+        self._decide("approve", decision)
+
+    @workflow.signal
+    def reject(self, decision: Decision) -> None:
+        self._decide("reject", decision)
+
+    @workflow.update
+    def decide(self, req: DecisionRequest) -> DecisionOutcome:
+        """Approve or reject and learn at once whether it counted (used by starter.py)."""
+        counted, message = self._decide(req.decision, Decision(approver=req.approver, comment=req.comment,
+                                                                reason=req.reason))
+        assert self.gate is not None
+        return DecisionOutcome(counted=counted, message=message, approvals=self.gate.view)
+
+    @decide.validator
+    def _decide_validator(self, req: DecisionRequest) -> None:
+        if self.gate is None or not self.gate.open:
+            phase = self._status.phase.value if self._status else "starting"
+            raise ValueError(f"no approval is pending for this rollback (phase: {phase})")
+
+    @workflow.signal
+    def escalate(self, e: Escalation) -> None:
+        """Change the severity (e.g. the incident got worse); the approval requirement follows."""
+        if self._status is None or self._status.phase in FINAL_PHASES:
+            return
+        old = self.s.severity
+        self.s.severity = e.severity
+        self._event(f"severity changed {old} -> {e.severity} by {e.by}" + (f": {e.comment}" if e.comment else ""))
+        workflow.upsert_search_attributes([SEVERITY.value_set(e.severity)])
+        if self.gate is not None:
+            self.gate.escalate(e.severity)
+            if self.gate.open and self.gate.approve_at_start(workflow.now()):
+                self._event(f"{self.s.requested_by} is on call: approved at {e.severity} per the decision matrix")
+            self.s.approvals = self.gate.view
+        self._publish()
+
+    def _decide(self, what: str, d: Decision) -> tuple[bool, str]:
+        if self.gate is None or not self.gate.open:
+            if self._status is None or self._status.phase == Phase.starting:
+                self._early.append((what, d))  # applied when the gate opens
+                return True, f"{what} recorded; it is applied when the approval step opens"
+            reason = f"no approval is pending (phase: {self.s.phase.value})"
+            self.s.approvals.refused.append(Refusal(approver=d.approver, at=workflow.now(), reason=reason))
+            return False, reason
+        counted, message = (self.gate.approve if what == "approve" else self.gate.reject)(d, workflow.now())
+        self._event(message if counted else f"{what} by {d.approver} refused: {message}")
+        self._publish()
+        return counted, message
+
+    # --- the frame around every procedure --------------------------------------------
+
+    async def conduct(self, request: RollbackRequest, target: str, steps: list[str],
+                      execute: Callable[[], Awaitable[None]]) -> RollbackStatus:
+        info = workflow.info()
+        self._status = RollbackStatus(
+            kind=self.kind, target=target, severity=request.severity, requested_by=request.requested_by,
+            reason=request.reason, dry_run=request.dry_run, workflow_id=info.workflow_id,
+            started_at=workflow.now())
+        self.timeline = Timeline(self.s, steps + ["Report"])
+        workflow.upsert_search_attributes([
+            KIND.value_set(self.kind), TARGET.value_set(target), SEVERITY.value_set(request.severity),
+            PHASE.value_set(Phase.starting.value),
+        ])
+        self._event(f"{self.kind} rollback of {target} requested by {request.requested_by} "
+                    f"({request.severity}): {request.reason}")
+        try:
+            self.catalog = await call(CatalogActivities.load_catalog)
+            if not request.dry_run and not await self._acquire_lock(target):
+                return self._finish(Phase.refused)
+            await execute()
+            return self._finish(Phase.planned if request.dry_run else Phase.succeeded)
+        except GateClosed:
+            return self._finish(self.s.phase)
+        except asyncio.CancelledError:
+            self.s.message = (f"cancelled during {self.s.phase.value}; no further changes were made. "
+                              f"State reached: {self._state_reached()}")
+            self._finish(Phase.cancelled)
+            await self._notify(f"{self.kind} rollback of {target} was CANCELLED: {self.s.message}")
+            raise
+        except (StepFailed, UnknownTarget, FailureError) as e:
+            self.s.message = _innermost(e)
+            self._finish(Phase.failed)
+            await self._notify(f"{self.kind} rollback of {target} FAILED: {self.s.message}")
+            raise ApplicationError(self.s.message, type=type(e).__name__, non_retryable=True) from None
+        finally:
+            await self._release_lock()
+
+    def _finish(self, phase: Phase) -> RollbackStatus:
+        self.s.ended_at = workflow.now()
+        self.set_phase(phase)
+        report = self.timeline.get("Report") if self.timeline else None
+        if report is not None and report.state.value == "pending":
+            now = workflow.now()
+            report.state, report.started_at, report.ended_at = report.state.succeeded, now, now
+        self.s.report = render_report(self.s)
+        self._publish()
+        return self.s
+
+    def _state_reached(self) -> str:
+        done = [st.name for st in self.s.steps if st.state.value == "succeeded"]
+        return ("completed steps: " + ", ".join(done)) if done else "no step had completed"
+
+    # --- pieces procedures use -------------------------------------------------------
+
+    def set_phase(self, phase: Phase) -> None:
+        if self.s.phase != phase:
+            self._event(f"phase: {phase.value}")
+        self.s.phase = phase
+        workflow.upsert_search_attributes([PHASE.value_set(phase.value)])
+        self._publish()
+
+    def _event(self, what: str) -> None:
+        if self.timeline:
+            self.timeline.event(what)
+
+    def _publish(self) -> None:
+        workflow.set_current_details(render_summary(self.s))
+
+    async def _notify(self, text: str) -> None:
+        """Best effort: a failed notification is recorded, never fails the rollback."""
+        try:
+            await call(NotifyActivities.notify, Notification(text=text, workflow_id=self.s.workflow_id),
+                       options=NOTIFY)
+        except FailureError as e:
+            self._event(f"notification failed: {_innermost(e)}")
+
+    async def approval(self, context: str, extra: list[ExtraRequirement] | None = None,
+                       step: str = APPROVAL, auto_approve_requester: bool = True) -> None:
+        """Wait for the approvals the policy (plus ``extra``) requires. Raises GateClosed."""
+        assert self.catalog is not None and self.timeline is not None
+        self.gate = ApprovalGate(policy=self.catalog.policy, people=self.catalog.people,
+                                 requester=self.s.requested_by, severity=self.s.severity,
+                                 extra=extra or [], context=context)
+        self.s.approvals = self.gate.view
+        async with self.timeline.step(step) as st:
+            self.gate.open = True
+            if auto_approve_requester and self.gate.approve_at_start(workflow.now()):
+                self._event(f"{self.s.requested_by} is on call: approved at start per the decision matrix")
+            for what, d in self._early:
+                self._decide(what, d)
+            self._early.clear()
+            if not self.gate.decided:
+                self.set_phase(Phase.awaiting_approval)
+                await self._notify(f"{self.kind} rollback of {self.s.target} ({self.s.severity}) needs approval: "
+                                   f"{context}. Waiting for {self.gate.waiting_for()}. Workflow: {self.s.workflow_id}")
+            outcome = await self.gate.wait(remind=self._remind)
+            if outcome == "approved":
+                st.detail = "approved by " + ", ".join(r.approver for r in self.gate.view.received)
+                return
+            if outcome == "rejected":
+                rej = self.gate.view.rejected_by
+                assert rej is not None
+                self.s.message = f"rejected by {rej.approver}" + (f": {rej.comment}" if rej.comment else "")
+                st.detail = self.s.message
+                self.set_phase(Phase.rejected)
+            else:
+                self.s.message = (f"no decision within {self.catalog.policy.approval_timeout_minutes:g} minutes "
+                                  f"(waited for {self.gate.waiting_for()}); nothing was changed")
+                st.detail = self.s.message
+                self.set_phase(Phase.timed_out)
+            await self._notify(f"{self.kind} rollback of {self.s.target}: {self.s.message}")
+            raise GateClosed(self.s.message)
+
+    async def _remind(self, what: str) -> None:
+        self._event(f"reminder sent: {what}")
+        await self._notify(f"REMINDER: {self.kind} rollback of {self.s.target} ({self.s.severity}) is "
+                           f"{what}. Workflow: {self.s.workflow_id}")
+
+    async def _acquire_lock(self, target: str) -> bool:
+        info = workflow.info()
+        lock_id = f"rollback-lock-{self.kind}-{target}"
+        result = await call(LockActivities.acquire_lock, LockRequest(
+            lock_id=lock_id,
+            holder=LockHolder(workflow_id=info.workflow_id, run_id=info.run_id,
+                              description=f"{self.kind} rollback of {target} by {self.s.requested_by}")))
+        if result.acquired:
+            self._lock_id = lock_id
+            return True
+        holder = result.holder
+        self.s.message = (f"refused: another rollback of {self.kind} {target!r} is in flight: workflow "
+                          f"{holder.workflow_id if holder else '?'} ({holder.description if holder else ''}). "
+                          "Follow or cancel that one; two rollbacks of one target never act at once.")
+        return False
+
+    async def _release_lock(self) -> None:
+        if self._lock_id is None:
+            return
+        try:
+            await workflow.get_external_workflow_handle(self._lock_id).signal("release")
+        except Exception as e:  # the lock also frees itself when its holder ends
+            workflow.logger.warning("could not release %s: %s", self._lock_id, e)
+        self._lock_id = None
+
+    async def monitor(self, minutes: float, interval_minutes: float,
+                      check: Callable[[], Awaitable[list[CheckResult]]]) -> str:
+        """The post-rollback monitoring window: check every interval until the window ends.
+
+        A regression is reported loudly (status + notification); nothing is rolled forward.
+        """
+        self.set_phase(Phase.monitoring)
+        end = workflow.now() + timedelta(minutes=minutes)
+        rounds = 0
+        while workflow.now() < end:
+            left = (end - workflow.now()).total_seconds()
+            await workflow.sleep(min(left, interval_minutes * 60))
+            results = await check()
+            rounds += 1
+            self.s.checks = results
+            for bad in (r for r in results if r.ok is False):
+                self.s.regressions.append(bad)
+                self._event(f"REGRESSION during monitoring: {bad.name}: {bad.detail}")
+                await self._notify(f"REGRESSION after {self.kind} rollback of {self.s.target}: "
+                                   f"{bad.name}: {bad.detail}. Nothing was rolled forward; a human decides.")
+            self._publish()
+        return (f"{minutes:g} min, {rounds} round(s) of checks, "
+                + (f"{len(self.s.regressions)} regression(s)" if self.s.regressions else "no regression"))

@@ -1,0 +1,47 @@
+"""Activity options in one place: retried with backoff on transient errors, bounded in time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+T = TypeVar("T")
+
+RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=["AccessDenied", "AwsRequestError", "AwsConfigError", "NotFound",
+                               "CatalogError", "InvalidRequest"],
+)
+
+# An AWS call or a poll: retried for up to 10 minutes, then the step fails.
+DEFAULT: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    schedule_to_close_timeout=timedelta(minutes=10),
+    heartbeat_timeout=None,
+    retry_policy=RETRY,
+)
+# A check: its answer is wanted now; a failed check is a result, not a retry loop.
+QUICK: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(minutes=2),
+    retry_policy=RETRY,
+)
+# A notification: tried a few times, then recorded as failed; never blocks a rollback.
+NOTIFY: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=20),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
+)
+
+
+async def call(fn: Callable[..., Any], arg: Any = None, *, options: dict[str, Any] | None = None) -> Any:
+    """Run an activity (function or method of an activity class) with shared options."""
+    opts = options or DEFAULT
+    args = [] if arg is None else [arg]
+    if "." in fn.__qualname__:  # a method of an activities class
+        return await workflow.execute_activity_method(fn, args=args, **opts)
+    return await workflow.execute_activity(fn, args=args, **opts)

@@ -1,0 +1,66 @@
+"""Markdown renderings of a status: the one-screen summary shown in the Web UI (current
+details) and the final report with the whole timeline. Pure functions."""
+
+from __future__ import annotations
+
+from common.models import RollbackStatus
+
+ICON = {"pending": "·", "running": "▶", "succeeded": "✔", "failed": "✘", "skipped": "↷", "cancelled": "■"}
+
+
+def _t(dt) -> str:
+    return dt.strftime("%H:%M:%S") if dt else "--:--:--"
+
+
+def render_summary(s: RollbackStatus) -> str:
+    lines = [
+        f"## {s.kind} rollback: {s.target} — **{s.phase.value}**",
+        f"{s.severity} · requested by {s.requested_by} · {s.reason}",
+    ]
+    if s.from_version or s.to_version:
+        lines.append(f"version: {s.from_version or '?'} → {s.to_version or '?'}")
+    a = s.approvals
+    if a.required:
+        need = "; ".join(f"{r.label}: {len(r.met_by)}/{r.count}" for r in a.required)
+        lines.append(f"approvals: {need}" + (f" · eligible now: {', '.join(a.eligible)}" if a.eligible and not a.satisfied else ""))
+    lines.append("")
+    lines += [f"- {ICON[st.state.value]} {st.name}" + (f": {st.detail}" if st.detail else "") for st in s.steps]
+    bad = [c for c in s.checks if c.ok is False]
+    if bad:
+        lines.append("")
+        lines += [f"- ✘ check {c.name}: {c.detail}" for c in bad]
+    if s.regressions:
+        lines.append(f"\n**{len(s.regressions)} regression(s) during monitoring**")
+    if s.message:
+        lines.append(f"\n{s.message}")
+    return "\n".join(lines)
+
+
+def render_report(s: RollbackStatus) -> str:
+    lines = [
+        f"# Rollback report: {s.kind} {s.target}",
+        "",
+        f"- Outcome: **{s.phase.value}**" + (f" — {s.message}" if s.message else ""),
+        f"- Severity: {s.severity}; requested by {s.requested_by}: {s.reason}",
+        f"- Versions: {s.from_version or '?'} → {s.to_version or '?'}",
+        f"- Workflow: {s.workflow_id}; started {s.started_at}; ended {s.ended_at}",
+    ]
+    if s.approvals.received:
+        lines.append("- Approved by: " + ", ".join(
+            f"{r.approver} at {_t(r.at)}" + (f" ({r.note})" if r.note else "") for r in s.approvals.received))
+    if s.approvals.refused:
+        lines.append("- Refused approvals: " + "; ".join(f"{r.approver}: {r.reason}" for r in s.approvals.refused))
+    lines += ["", "## Steps", "", "| step | state | started | ended | detail |", "|---|---|---|---|---|"]
+    lines += [f"| {st.name} | {st.state.value} | {_t(st.started_at)} | {_t(st.ended_at)} | {st.detail} |"
+              for st in s.steps]
+    if s.plan:
+        lines += ["", "## Plan", ""] + [f"- {p}" for p in s.plan]
+    if s.checks:
+        lines += ["", "## Latest checks", ""] + [
+            f"- {'passed' if c.ok else 'not checked' if c.ok is None else 'FAILED'}: {c.name}: {c.detail}"
+            for c in s.checks]
+    if s.regressions:
+        lines += ["", "## Regressions during monitoring", ""] + [f"- {_t(c.at)} {c.name}: {c.detail}"
+                                                                for c in s.regressions]
+    lines += ["", "## Timeline", ""] + [f"- {_t(e.at)} {e.what}" for e in s.events]
+    return "\n".join(lines)

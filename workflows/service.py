@@ -1,0 +1,237 @@
+"""Runbook section 1, "Application Service Rollback", as the ``ServiceRollback`` workflow."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import ValidationError
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.ecs import Deployed, DeployRequest, EcsActivities, Revision
+    from activities.elbv2 import Elbv2Activities, Weights
+    from common.catalog import EcsRef, Service, Stage
+    from common.models import CheckResult, Phase, RollbackStatus, ServiceRollbackInput
+    from workflows.base import GateClosed, RollbackWorkflow
+    from workflows.checks import endpoint_probes, http_checks, metric_checks
+    from workflows.options import call
+    from workflows.timeline import StepFailed
+
+IDENTIFY = "Identify previous stable version"
+STAGING = "Verify in staging"
+APPROVAL = "Approval"
+EXECUTE = "Execute rollback"
+VALIDATE = "Validate rollback"
+MONITOR = "Monitor post-rollback"
+STEPS = [IDENTIFY, STAGING, APPROVAL, EXECUTE, VALIDATE, MONITOR]
+
+
+@workflow.defn(name="ServiceRollback", failure_exception_types=[ValidationError])
+class ServiceRollback(RollbackWorkflow):
+    """Rolls an ECS service back to its previous stable version, as the runbook's section 1.
+
+    Each change (update-service, listener weights) is made once, after approval; traffic never
+    moves back to the bad version on its own; the service is watched for 30 minutes after.
+    """
+
+    kind = "service"
+
+    @workflow.run
+    async def run(self, request: ServiceRollbackInput) -> RollbackStatus:
+        self.request = request
+        return await self.conduct(request, request.service, STEPS, self.execute)
+
+    async def execute(self) -> None:
+        req = self.request
+        assert self.catalog is not None and self.timeline is not None
+        svc = self.catalog.service(req.service)
+        policy = self.catalog.policy
+        if req.rollout_percentages and svc.blue_green is None:
+            raise StepFailed(f"rollout_percentages needs a blue/green service, and {req.service!r} has no "
+                             "blue_green entry in the catalog; leave rollout_percentages out to roll back at once")
+
+        async with self.timeline.step(IDENTIFY) as st:
+            ecs = svc.ecs if svc.blue_green is None else await self._live_side(svc)
+            current: Deployed = await call(EcsActivities.describe_deployed, ecs)
+            revisions: list[Revision] = await call(EcsActivities.list_versions, ecs)
+            target = choose_target(current.task_definition, revisions, req.to_version)
+            self.s.from_version, self.s.to_version = current.task_definition.version, target.version
+            self.s.extra["target_task_definition"] = target.arn
+            st.detail = (f"deployed: {current.task_definition.version} (revision {current.task_definition.revision}); "
+                         f"target: {target.version} (revision {target.revision})")
+
+        self.s.plan = self._plan(svc, ecs, target)
+        if req.dry_run:
+            for name in (STAGING, APPROVAL, EXECUTE, VALIDATE, MONITOR):
+                self.timeline.skip(name, "dry run")
+            self.s.message = "dry run: nothing was changed; the plan lists what a real run would do"
+            return
+
+        if svc.staging is None:
+            self.timeline.skip(STAGING, "no staging counterpart in the catalog")
+        else:
+            async with self.timeline.step(STAGING) as st:
+                st.detail = await self._verify_in_staging(svc.staging, target)
+
+        await self.approval(
+            context=f"roll back {req.service} ({svc.ecs.cluster}/{svc.ecs.service}) from "
+                    f"{self.s.from_version} to {target.version} ({target.arn.rsplit('/', 1)[-1]})")
+
+        self.set_phase(Phase.rolling_back)
+        async with self.timeline.step(EXECUTE) as st:
+            if req.rollout_percentages and svc.blue_green is not None:
+                st.detail = await self._gradual(svc, target, req.rollout_percentages)
+            else:
+                changed = await call(EcsActivities.deploy_task_definition,
+                                     DeployRequest(ecs=ecs, task_definition_arn=target.arn))
+                await self._wait_settled(ecs, target)
+                st.detail = (f"{ecs.service} on {target.arn.rsplit('/', 1)[-1]} and settled"
+                             + ("" if changed else " (it already was)"))
+
+        self.set_phase(Phase.validating)
+        async with self.timeline.step(VALIDATE) as st:
+            st.detail = await self._validate(svc, target.version)
+
+        minutes = req.monitor_minutes or policy.monitor_minutes
+        async with self.timeline.step(MONITOR) as st:
+            st.detail = await self.monitor(minutes, policy.monitor_interval_minutes,
+                                           lambda: self._checks(svc, target.version))
+        self.s.message = (f"{req.service} rolled back to {target.version}"
+                          + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
+                             if self.s.regressions else "; monitoring found no regression"))
+
+    # --- steps -----------------------------------------------------------------------
+
+    async def _live_side(self, svc: Service) -> EcsRef:
+        """Blue/green: the side with most traffic is the one being rolled back."""
+        assert svc.blue_green is not None
+        w: Weights = await call(Elbv2Activities.get_weights, svc.blue_green.listener_arn)
+        bg = svc.blue_green
+        live = bg.blue if w.weights.get(bg.blue.target_group_arn, 0) >= w.weights.get(bg.green.target_group_arn, 0) \
+            else bg.green
+        return live.ecs
+
+    def _plan(self, svc: Service, ecs: EcsRef, target: Revision) -> list[str]:
+        td = target.arn.rsplit("/", 1)[-1]
+        plan = []
+        if svc.staging:
+            plan.append(f"staging: ecs update-service --cluster {svc.staging.ecs.cluster} "
+                        f"--service {svc.staging.ecs.service} to version {target.version}, then smoke checks")
+        plan.append(f"approval: {self.catalog.policy.rule(self.s.severity).approvals} x "  # type: ignore[union-attr]
+                    f"{self.catalog.policy.rule(self.s.severity).approver_role} ({self.s.severity})")  # type: ignore[union-attr]
+        pcts = self.request.rollout_percentages
+        if pcts and svc.blue_green:
+            plan.append(f"ecs update-service (standby side) --task-definition {td}")
+            plan += [f"elbv2 modify-listener: {p}% to {target.version}" for p in pcts]
+        else:
+            plan.append(f"ecs update-service --cluster {ecs.cluster} --service {ecs.service} --task-definition {td}")
+        plan.append("wait for ECS to settle; validate health, ready, version, smoke checks, metrics")
+        plan.append(f"monitor {self.request.monitor_minutes or self.catalog.policy.monitor_minutes:g} minutes")  # type: ignore[union-attr]
+        return plan
+
+    async def _verify_in_staging(self, stage: Stage, target: Revision) -> str:
+        revisions: list[Revision] = await call(EcsActivities.list_versions, stage.ecs)
+        match = next((r for r in revisions if r.version == target.version), None)
+        if match is None:
+            raise StepFailed(f"version {target.version} has no task definition in staging "
+                             f"({stage.ecs.cluster}/{stage.ecs.service}); cannot verify it there")
+        await call(EcsActivities.deploy_task_definition, DeployRequest(ecs=stage.ecs, task_definition_arn=match.arn))
+        await self._wait_settled(stage.ecs, match)
+        results = await http_checks(endpoint_probes(stage.endpoints, stage.smoke_checks, target.version))
+        failed = [r for r in results if r.ok is False]
+        if failed:
+            raise StepFailed("staging smoke test failed: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
+        return f"{target.version} deployed in staging; {len(results)} check(s) passed"
+
+    async def _wait_settled(self, ecs: EcsRef, target: Revision) -> None:
+        policy = self.catalog.policy  # type: ignore[union-attr]
+        deadline = workflow.now() + timedelta(minutes=policy.settle_timeout_minutes)
+        while True:
+            d: Deployed = await call(EcsActivities.describe_deployed, ecs)
+            if d.task_definition.arn == target.arn and d.settled:
+                return
+            if workflow.now() >= deadline:
+                raise StepFailed(
+                    f"{ecs.service} did not settle on {target.version} within {policy.settle_timeout_minutes:g} min "
+                    f"(running {d.running_count}/{d.desired_count}, {d.deployments} deployment(s)); "
+                    "check the ECS events for failing tasks")
+            await workflow.sleep(policy.settle_poll_seconds)
+
+    async def _gradual(self, svc: Service, target: Revision, percentages: list[int]) -> str:
+        """Runbook: shift traffic in steps, wait 5 minutes and check metrics before each next step."""
+        assert svc.blue_green is not None
+        policy = self.catalog.policy  # type: ignore[union-attr]
+        bg = svc.blue_green
+        w: Weights = await call(Elbv2Activities.get_weights, bg.listener_arn)
+        blue_live = w.weights.get(bg.blue.target_group_arn, 0) >= w.weights.get(bg.green.target_group_arn, 0)
+        live, standby = (bg.blue, bg.green) if blue_live else (bg.green, bg.blue)
+        await call(EcsActivities.deploy_task_definition,
+                   DeployRequest(ecs=standby.ecs, task_definition_arn=target.arn))
+        await self._wait_settled(standby.ecs, target)
+        done: list[int] = []
+        for i, pct in enumerate(percentages):
+            if i > 0:
+                await workflow.sleep(timedelta(minutes=policy.gradual_step_wait_minutes))
+                results = await metric_checks(svc.metrics, svc.alarms, target.version, policy)
+                self.s.checks = results
+                failed = [r for r in results if r.ok is False]
+                if failed:
+                    await self._pause(pct, done[-1], failed)
+                    self.set_phase(Phase.rolling_back)
+            await call(Elbv2Activities.set_weights, Weights(
+                listener_arn=bg.listener_arn,
+                weights={standby.target_group_arn: pct, live.target_group_arn: 100 - pct}))
+            done.append(pct)
+            self._event(f"traffic: {pct}% on {target.version} ({standby.ecs.service})")
+            self.s.extra["rollout_percentage"] = pct
+            self._publish()
+        return f"traffic shifted in steps {done} to {standby.ecs.service} on {target.version}"
+
+    async def _pause(self, next_pct: int, at_pct: int, failed: list[CheckResult]) -> None:
+        """A check failed between steps: hold traffic where it is and ask a human."""
+        self.set_phase(Phase.paused)
+        why = "; ".join(f"{r.name}: {r.detail}" for r in failed)
+        try:
+            await self.approval(context=f"continue to {next_pct}%? traffic is held at {at_pct}% because {why}",
+                                step=EXECUTE + f" (paused at {at_pct}%)", auto_approve_requester=False)
+        except GateClosed:
+            raise StepFailed(f"gradual rollback stopped at {at_pct}% after a failed check ({why}); "
+                             "traffic was left where it is") from None
+
+    async def _validate(self, svc: Service, version: str) -> str:
+        policy = self.catalog.policy  # type: ignore[union-attr]
+        for attempt in range(1, policy.validation_attempts + 1):
+            results = await self._checks(svc, version)
+            self.s.checks = results
+            failed = [r for r in results if r.ok is False]
+            if not failed:
+                unchecked = [r.name for r in results if r.ok is None]
+                return (f"{sum(1 for r in results if r.ok)} check(s) passed"
+                        + (f"; not checked (no data): {', '.join(unchecked)}" if unchecked else ""))
+            if attempt < policy.validation_attempts:
+                await workflow.sleep(policy.validation_retry_seconds)
+        raise StepFailed("validation failed: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
+
+    async def _checks(self, svc: Service, version: str) -> list[CheckResult]:
+        policy = self.catalog.policy  # type: ignore[union-attr]
+        return (await http_checks(endpoint_probes(svc.endpoints, svc.smoke_checks, version))
+                + await metric_checks(svc.metrics, svc.alarms, version, policy))
+
+
+def choose_target(current: Revision, revisions: list[Revision], to_version: str | None) -> Revision:
+    """``to_version`` if given (must exist), else the newest revision with an earlier, different version."""
+    if to_version:
+        match = next((r for r in revisions if r.version == to_version), None)
+        if match is None:
+            known = ", ".join(dict.fromkeys(r.version for r in revisions))
+            raise StepFailed(f"to_version {to_version!r} matches no task-definition revision of "
+                             f"{current.family} (versions that exist: {known})")
+        if match.version == current.version:
+            raise StepFailed(f"{current.family} already runs {to_version} (revision {current.revision}); "
+                             "nothing to roll back")
+        return match
+    older = [r for r in revisions if r.revision < current.revision and r.version != current.version]
+    if not older:
+        raise StepFailed(f"no earlier version of {current.family} than {current.version} "
+                         f"(revision {current.revision}) exists to roll back to")
+    return older[0]
