@@ -1,0 +1,27 @@
+# Two commands matter: `make run` (worker on the embedded default) and `make test`.
+# Both create .venv and install everything on first use (PyPI only; no other downloads).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install run test clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+## Worker + (without TEMPORAL_ADDRESS) the Temporal dev server + (ROLLBACK_AWS=sandbox) the AWS sandbox.
+run: $(STAMP)
+	$(PY) worker.py
+
+## All tests, offline: starts its own Temporal servers, moto and endpoints.
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache

