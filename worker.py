@@ -42,10 +42,10 @@ log = structlog.get_logger("worker")
 WORKFLOWS = [ServiceRollback, TargetLock]
 
 
-def activities(client: Client, settings: Settings, catalog_path: Path) -> list:
+def activities(client: Client, settings: Settings, catalog_path: Path, task_queue: str) -> list:
     aws = AwsClients()
     ecs, elbv2, cw = EcsActivities(aws), Elbv2Activities(aws), CloudWatchActivities(aws)
-    locks = LockActivities(client, settings.task_queue)
+    locks = LockActivities(client, task_queue)
     return [
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
@@ -58,11 +58,12 @@ def activities(client: Client, settings: Settings, catalog_path: Path) -> list:
 
 
 def build_worker(client: Client, settings: Settings, catalog_path: Path, task_queue: str | None = None) -> Worker:
+    task_queue = task_queue or settings.task_queue
     return Worker(
         client,
-        task_queue=task_queue or settings.task_queue,
+        task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=activities(client, settings, catalog_path),
+        activities=activities(client, settings, catalog_path, task_queue),
         activity_executor=ThreadPoolExecutor(max_workers=32),
         # Bad input from the Web UI / CLI fails the workflow at once instead of hanging.
         workflow_failure_exception_types=[ValidationError],

@@ -1,0 +1,124 @@
+"""The service's public endpoints, faked: what the runbook curls before and after a rollback.
+
+``/api/...`` is api-service; ``/api-bg/...`` is the blue/green pair, answered by whichever
+ECS service is behind the target group with the larger listener weight. ``version`` is read
+from moto on every request, so a rollback (update_service, modify_listener) shows at once.
+
+    /<prefix>/health   200 {"status": "ok"}
+    /<prefix>/ready    200 {"ready": true}
+    /<prefix>/version  200 {"version": "v1.2.3", "revision": 43, "service": "api-service"}
+    /<prefix>/search   200 {"query": "...", "results": [...], "version": "v1.2.3"}  (smoke check)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from sandbox.fleet import SERVICE, Fleet, Running, client, running
+
+log = logging.getLogger(__name__)
+
+
+class _Live:
+    """Which ECS service answers for a prefix, and what it runs, read from moto."""
+
+    def __init__(self, endpoint_url: str, fleet: Fleet) -> None:
+        self._ecs = client("ecs", endpoint_url, fleet.region)
+        self._elbv2 = client("elbv2", endpoint_url, fleet.region)
+        self._fleet = fleet
+
+    def service_for(self, prefix: str) -> str | None:
+        if prefix == "api":
+            return SERVICE
+        if prefix == "api-bg":
+            return self._fleet.service_behind(self._heaviest_target_group())
+        return None
+
+    def running(self, service: str) -> Running:
+        return running(self._ecs, service, self._fleet.cluster)
+
+    def _heaviest_target_group(self) -> str:
+        listener = self._elbv2.describe_listeners(ListenerArns=[self._fleet.listener_arn])["Listeners"][0]
+        groups = listener["DefaultActions"][0]["ForwardConfig"]["TargetGroups"]
+        # max() keeps the first on a tie: blue, as it is listed first.
+        return max(groups, key=lambda g: g.get("Weight", 1))["TargetGroupArn"]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        url = urlsplit(self.path)
+        prefix, _, endpoint = url.path.strip("/").partition("/")
+        try:
+            service = self.server.live.service_for(prefix)
+            if service is None:
+                return self._send(404, {"error": f"no such service prefix: /{prefix}/"})
+            body = self._answer(service, endpoint, parse_qs(url.query))
+        except Exception as e:  # moto unreachable or reset: look like a broken backend
+            log.warning("sandbox endpoint %s failed: %s", self.path, e)
+            return self._send(503, {"error": f"{type(e).__name__}: {e}"})
+        if body is None:
+            return self._send(404, {"error": f"no such endpoint: {url.path}"})
+        self._send(200, body)
+
+    def _answer(self, service: str, endpoint: str, query: dict[str, list[str]]) -> dict[str, Any] | None:
+        if endpoint == "health":
+            return {"status": "ok"}
+        if endpoint == "ready":
+            return {"ready": True}
+        if endpoint == "version":
+            now = self.server.live.running(service)
+            return {"version": now.version, "revision": now.revision, "service": service}
+        if endpoint == "search":
+            q = query.get("q", ["rollback"])[0]
+            return {"query": q, "results": [{"id": 1, "title": f"Result for {q}"}],
+                    "version": self.server.live.running(service).version}
+        return None
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("sandbox endpoint: " + format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port: int, live: _Live) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.live = live
+
+
+class EndpointServer:
+    """The fake endpoints on 127.0.0.1:``port`` (0: any free port), served by a daemon thread."""
+
+    def __init__(self, endpoint_url: str, fleet: Fleet, port: int) -> None:
+        self._server = _Server(port, _Live(endpoint_url, fleet))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-endpoints",
+                                        daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self._server.shutdown()
+            self._thread.join(timeout=10)
+        self._server.server_close()

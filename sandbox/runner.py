@@ -1,0 +1,91 @@
+"""``Sandbox``: moto + the seeded fleet + fake endpoints + fake metrics, started and stopped as one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+
+from pydantic import BaseModel
+from moto.server import ThreadedMotoServer
+
+from sandbox.catalog import write_catalog
+from sandbox.endpoints import EndpointServer
+from sandbox.fleet import REGION, Fleet, seed
+from sandbox.metrics import MetricsEmitter
+from sandbox.moto_server import reset, start_moto
+
+log = logging.getLogger(__name__)
+
+CATALOG_NAME = "sandbox-catalog.yaml"
+
+
+def aws_env(endpoint_url: str, region: str = REGION) -> dict[str, str]:
+    """The environment a process (e.g. the worker) needs for boto3 to talk to the sandbox."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+    }
+
+
+class SandboxInfo(BaseModel):
+    endpoint_url: str  # moto, for boto3 (see aws_env)
+    http_base: str  # the fake public endpoints: <http_base>/api/version ...
+    catalog_path: Path  # the full catalog for this run (api and api-bg)
+    fleet: Fleet
+
+
+class Sandbox:
+    """A local AWS stand-in for ``make run`` and tests; ``with Sandbox() as info: ...``.
+
+    Ports 0 pick free ones (``SandboxInfo`` says which). moto runs in this process; ``start``
+    empties it first, so every start begins at the runbook's incident (v1.2.3 live). The only
+    global it touches is ``os.environ["MOTO_ECS_SERVICE_RUNNING"]`` (see ``start_moto``); it
+    does not set AWS_* variables: pass ``aws_env(info.endpoint_url)`` to whoever needs them.
+    """
+
+    def __init__(self, port: int = 4566, http_port: int = 8080, data_dir: Path = Path(".data"),
+                 metrics_interval: float = 10, region: str = REGION) -> None:
+        self.port, self.http_port, self.data_dir = port, http_port, Path(data_dir)
+        self.metrics_interval, self.region = metrics_interval, region
+        self._moto: ThreadedMotoServer | None = None
+        self._endpoints: EndpointServer | None = None
+        self._metrics: MetricsEmitter | None = None
+
+    def start(self) -> SandboxInfo:
+        try:
+            self._moto, endpoint_url = start_moto(self.port)
+            reset(endpoint_url)  # moto's state is per process: drop any earlier run's
+            fleet = seed(endpoint_url, self.region)
+            self._endpoints = EndpointServer(endpoint_url, fleet, self.http_port)
+            self._endpoints.start()
+            self._metrics = MetricsEmitter(endpoint_url, self.metrics_interval, self.region)
+            self._metrics.start()
+        except BaseException:
+            self.stop()
+            raise
+        http_base = self._endpoints.base_url
+        catalog = write_catalog(self.data_dir / CATALOG_NAME, http_base, fleet)
+        log.info("sandbox: moto at %s, endpoints at %s, catalog %s", endpoint_url, http_base, catalog)
+        return SandboxInfo(endpoint_url=endpoint_url, http_base=http_base, catalog_path=catalog,
+                           fleet=fleet)
+
+    def stop(self) -> None:
+        """Stop what was started, newest first; safe to call twice."""
+        if self._metrics:
+            self._metrics.stop()
+        if self._endpoints:
+            self._endpoints.stop()
+        if self._moto:
+            self._moto.stop()
+        self._metrics = self._endpoints = self._moto = None
+
+    def __enter__(self) -> SandboxInfo:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()

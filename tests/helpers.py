@@ -1,0 +1,45 @@
+"""Small helpers for workflow tests: wait for a phase, read what ECS runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from temporalio.client import WorkflowHandle
+
+from common.models import RollbackStatus
+
+
+async def status_of(handle: WorkflowHandle) -> RollbackStatus | None:
+    return await handle.query("status", result_type=RollbackStatus)
+
+
+async def wait_for(handle: WorkflowHandle, predicate, timeout: float = 30, what: str = "condition") -> RollbackStatus:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = await status_of(handle)
+        except Exception:  # not started yet
+            last = None
+        if last is not None and predicate(last):
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}; last status: "
+                         f"{last.model_dump_json(indent=1) if last else None}")
+
+
+async def wait_phase(handle: WorkflowHandle, phase: str, timeout: float = 30) -> RollbackStatus:
+    return await wait_for(handle, lambda s: s.phase.value == phase, timeout, f"phase {phase}")
+
+
+def running_revision(aws, service: str = "api-service") -> tuple[int, str]:
+    ecs = aws.client("ecs")
+    svc = ecs.describe_services(cluster="rastup-prod", services=[service])["services"][0]
+    td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
+    return td["revision"], td["containerDefinitions"][0]["image"].rsplit(":", 1)[1]
+
+
+def new_id(prefix: str = "test") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
