@@ -59,17 +59,17 @@ def aws_call(what: str) -> Iterator[None]:
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in THROTTLING or status >= 500 or status == 429:
             raise ApplicationError(f"{what}: {code}: {message} (transient, retrying)",
-                                   type="AwsTransient") from e
+                                   type="AwsTransient") from None
         if code in ACCESS_DENIED or status == 403:
             raise ApplicationError(
                 f"{what}: access denied ({code}): {message}. Grant the worker's IAM role "
                 "permission for this call, then start the rollback again.",
-                type="AccessDenied", non_retryable=True) from e
+                type="AccessDenied", non_retryable=True) from None
         raise ApplicationError(f"{what}: {code}: {message}", type="AwsRequestError",
-                               non_retryable=True) from e
+                               non_retryable=True) from None
     except (NoCredentialsError, NoRegionError) as e:
         raise ApplicationError(f"{what}: {e}. Configure AWS credentials/region for the worker.",
-                               type="AwsConfigError", non_retryable=True) from e
+                               type="AwsConfigError", non_retryable=True) from None
     except BotoCoreError as e:  # connection errors, timeouts
 
-        raise ApplicationError(f"{what}: {e} (transient, retrying)", type="AwsTransient") from e
+        raise ApplicationError(f"{what}: {e} (transient, retrying)", type="AwsTransient") from None

@@ -196,7 +196,8 @@ class RollbackWorkflow:
             self._event(f"notification failed: {_innermost(e)}")
 
     async def approval(self, context: str, extra: list[ExtraRequirement] | None = None,
-                       step: str = APPROVAL, auto_approve_requester: bool = True) -> None:
+                       step: str = APPROVAL, auto_approve_requester: bool = True,
+                       waiting_phase: Phase = Phase.awaiting_approval) -> None:
         """Wait for the approvals the policy (plus ``extra``) requires. Raises GateClosed."""
         assert self.catalog is not None and self.timeline is not None
         self.gate = ApprovalGate(policy=self.catalog.policy, people=self.catalog.people,
@@ -211,7 +212,7 @@ class RollbackWorkflow:
                 self._decide(what, d)
             self._early.clear()
             if not self.gate.decided:
-                self.set_phase(Phase.awaiting_approval)
+                self.set_phase(waiting_phase)
                 await self._notify(f"{self.kind} rollback of {self.s.target} ({self.s.severity}) needs approval: "
                                    f"{context}. Waiting for {self.gate.waiting_for()}. Workflow: {self.s.workflow_id}")
             outcome = await self.gate.wait(remind=self._remind)

@@ -189,11 +189,11 @@ class ServiceRollback(RollbackWorkflow):
 
     async def _pause(self, next_pct: int, at_pct: int, failed: list[CheckResult]) -> None:
         """A check failed between steps: hold traffic where it is and ask a human."""
-        self.set_phase(Phase.paused)
         why = "; ".join(f"{r.name}: {r.detail}" for r in failed)
         try:
             await self.approval(context=f"continue to {next_pct}%? traffic is held at {at_pct}% because {why}",
-                                step=EXECUTE + f" (paused at {at_pct}%)", auto_approve_requester=False)
+                                step=EXECUTE + f" (paused at {at_pct}%)", auto_approve_requester=False,
+                                waiting_phase=Phase.paused)
         except GateClosed:
             raise StepFailed(f"gradual rollback stopped at {at_pct}% after a failed check ({why}); "
                              "traffic was left where it is") from None
