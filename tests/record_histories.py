@@ -1,0 +1,68 @@
+"""Record workflow histories for the replay test (tests/test_replay.py).
+
+Run after a deliberate, patched change of workflow code, never to "fix" a failing replay:
+
+    .venv/bin/python -m pytest tests/record_histories.py
+
+Each scenario runs on the time-skipping server against the sandbox fleet and its complete
+history is written to tests/histories/<name>.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.models import Decision, ServiceRollbackInput
+from tests.conftest import in_process_worker
+from tests.helpers import wait_phase
+from workflows.service import ServiceRollback
+
+OUT = Path(__file__).parent / "histories"
+
+
+def req(service: str, **kw) -> ServiceRollbackInput:
+    return ServiceRollbackInput(**{"service": service, "severity": "SEV-2", "requested_by": "dana",
+                                   "reason": "recorded scenario", **kw})
+
+
+async def save(handle, name: str) -> None:
+    history = await handle.fetch_history()
+    (OUT / f"{name}.json").write_text(history.to_json())
+
+
+async def test_record(ts_env, aws, catalog):
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        tq = worker.task_queue
+        c = ts_env.client
+
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, severity="SEV-0", requested_by="zoe"),
+                                   id="replay-sev0-two-approvers", task_queue=tq)
+        await wait_phase(h, "awaiting_approval")
+        await h.signal(ServiceRollback.approve, Decision(approver="alice"))
+        await h.signal(ServiceRollback.approve, Decision(approver="alice"))
+        await h.signal(ServiceRollback.approve, Decision(approver="bob"))
+        await h.result()
+        await save(h, "service_sev0_two_approvers_succeeded")
+
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, severity="SEV-1", requested_by="zoe"),
+                                   id="replay-rejected", task_queue=tq)
+        await wait_phase(h, "awaiting_approval")
+        await h.signal(ServiceRollback.reject, Decision(approver="carol", reason="fix forward"))
+        await h.result()
+        await save(h, "service_rejected")
+
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, severity="SEV-1", requested_by="zoe"),
+                                   id="replay-timed-out", task_queue=tq)
+        await wait_phase(h, "awaiting_approval")
+        await h.result()
+        await save(h, "service_timed_out")
+
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api_bg, rollout_percentages=[50, 100]),
+                                   id="replay-gradual", task_queue=tq)
+        await h.result()
+        await save(h, "service_gradual_succeeded")
+
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, dry_run=True),
+                                   id="replay-dry-run", task_queue=tq)
+        await h.result()
+        await save(h, "service_dry_run")
