@@ -18,9 +18,10 @@ RETRY = RetryPolicy(
                                "CatalogError", "InvalidRequest"],
 )
 
-# An AWS call or a poll: retried for up to 10 minutes, then the step fails.
+# An AWS call or a poll: retried for up to 10 minutes, then the step fails. Each attempt is
+# short, so an attempt lost with a crashed worker is retried after 30 s, not minutes.
 DEFAULT: dict[str, Any] = dict(
-    start_to_close_timeout=timedelta(minutes=2),
+    start_to_close_timeout=timedelta(seconds=30),
     schedule_to_close_timeout=timedelta(minutes=10),
     heartbeat_timeout=None,
     retry_policy=RETRY,

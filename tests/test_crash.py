@@ -1,0 +1,172 @@
+"""Crash: the worker process is killed (SIGKILL) mid-rollback and a new one is started.
+
+The worker runs as a real subprocess (``python worker.py``, as ``make run`` / the container
+runs it) against the real Temporal dev server and the moto server of this pytest process,
+whose call counter proves that every intended AWS change was applied exactly once.
+
+The kills land while the workflow waits on a timer (between two gradual steps, and in the
+monitoring window), never mid-activity: an activity lost with its worker is only retried
+after its start-to-close timeout (2 minutes), which would make the test slow, not different.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import pytest
+
+from common.models import RollbackStatus, ServiceRollbackInput
+from sandbox import aws_env
+from tests.conftest import FAST_POLICY, Aws, write_catalog
+from tests.helpers import new_id, running_revision, wait_for
+from workflows.service import ServiceRollback
+
+if TYPE_CHECKING:  # imported at run time, pytest would try to collect the class
+    from tests.conftest import TestCatalog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker_env(dev_env, aws: Aws, catalog: "TestCatalog", task_queue: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TEMPORAL_", "ROLLBACK_", "AWS_"))}
+    env.update(aws_env(aws.endpoint_url))
+    env.update({
+        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "TEMPORAL_NAMESPACE": "default",
+        "ROLLBACK_AWS": "real",
+        "ROLLBACK_CATALOG": str(catalog.path),
+        "ROLLBACK_TASK_QUEUE": task_queue,
+        "ROLLBACK_METRICS_PORT": "0",
+        "ROLLBACK_LOG_FORMAT": "json",
+    })
+    return env
+
+
+@pytest.fixture()
+def spawn_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], subprocess.Popen]]:
+    """Start ``python worker.py`` subprocesses; every one is killed at teardown, whatever happened."""
+    procs: list[subprocess.Popen] = []
+
+    def spawn(env: dict[str, str]) -> subprocess.Popen:
+        log = open(tmp_path / f"worker-{len(procs) + 1}.log", "wb")
+        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()  # the child holds its own descriptor
+        procs.append(proc)
+        return proc
+
+    try:
+        yield spawn
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def listener_weights(aws: Aws) -> dict[str, int]:
+    listener = aws.client("elbv2").describe_listeners(ListenerArns=[aws.fleet.listener_arn])["Listeners"][0]
+    groups = listener["DefaultActions"][0]["ForwardConfig"]["TargetGroups"]
+    return {g["TargetGroupArn"]: g["Weight"] for g in groups}
+
+
+def log_of(tmp_path: Path, n: int) -> str:
+    path = tmp_path / f"worker-{n}.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+async def result_of(handle, tmp_path: Path, timeout: float) -> RollbackStatus:
+    try:
+        return await asyncio.wait_for(handle.result(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"the rollback did not finish within {timeout:g}s after the restart; "
+                             f"second worker's log:\n{log_of(tmp_path, 2)}") from None
+
+
+async def test_kill_between_gradual_steps_then_restart_applies_each_change_once(
+        dev_env, aws, tmp_path, spawn_worker):
+    # 9 s between the 50% and the 100% step: time to kill the worker while it waits.
+    catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "gradual_step_wait_minutes": 0.15})
+    env = worker_env(dev_env, aws, catalog, task_queue=f"tq-crash-{uuid.uuid4().hex[:8]}")
+    first = spawn_worker(env)
+    handle = await dev_env.client.start_workflow(
+        ServiceRollback.run,
+        ServiceRollbackInput(service=catalog.api_bg, severity="SEV-2", requested_by="dana",
+                             reason="error rate after v1.2.3", rollout_percentages=[50, 100],
+                             monitor_minutes=0.1),
+        id=new_id("crash-bg"), task_queue=env["ROLLBACK_TASK_QUEUE"])
+
+    s = await wait_for(handle, lambda s: s.extra.get("rollout_percentage") == 50, timeout=30,
+                       what="traffic at 50%")
+    assert s.phase.value == "rolling_back"
+    sigkill(first)
+    blue, green = aws.fleet.blue_target_group_arn, aws.fleet.green_target_group_arn
+    assert listener_weights(aws) == {blue: 50, green: 50}
+    assert aws.faults.calls["ModifyListener"] == 1
+    assert aws.faults.calls["UpdateService"] == 1
+
+    await asyncio.sleep(1)
+    spawn_worker(env)
+    result = await result_of(handle, tmp_path, timeout=35)
+
+    assert result.phase.value == "succeeded", result.message
+    assert listener_weights(aws) == {blue: 0, green: 100}
+    assert running_revision(aws, "api-service-green") == (42, "v1.2.2")
+    assert running_revision(aws, "api-service-blue") == (43, "v1.2.3")  # the live side is left alone
+    # each intended change was applied once: the standby side redeployed, 50%, then 100%
+    assert aws.faults.calls["UpdateService"] == 1
+    assert aws.faults.calls["ModifyListener"] == 2
+    assert [e.what for e in result.events if e.what.startswith("traffic:")] == [
+        "traffic: 50% on v1.2.2 (api-service-green)", "traffic: 100% on v1.2.2 (api-service-green)"]
+    execute = next(st for st in result.steps if st.name == "Execute rollback")
+    assert execute.state.value == "succeeded" and "[50, 100]" in execute.detail
+
+
+async def test_kill_while_monitoring_then_restart_finishes_without_redeploying(
+        dev_env, aws, tmp_path, spawn_worker):
+    # Checks every 6 s for 18 s: the kill lands in the first wait, so every check is the new worker's.
+    catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "monitor_interval_minutes": 0.1})
+    env = worker_env(dev_env, aws, catalog, task_queue=f"tq-crash-{uuid.uuid4().hex[:8]}")
+    first = spawn_worker(env)
+    handle = await dev_env.client.start_workflow(
+        ServiceRollback.run,
+        ServiceRollbackInput(service=catalog.api, severity="SEV-2", requested_by="dana",
+                             reason="error rate after v1.2.3", monitor_minutes=0.3),
+        id=new_id("crash-mon"), task_queue=env["ROLLBACK_TASK_QUEUE"])
+
+    await wait_for(handle, lambda s: s.phase.value == "monitoring", timeout=30, what="monitoring")
+    sigkill(first)
+    assert running_revision(aws) == (42, "v1.2.2")
+    assert aws.faults.calls["UpdateService"] == 1
+
+    await asyncio.sleep(1)
+    started = time.monotonic()
+    spawn_worker(env)
+    result = await result_of(handle, tmp_path, timeout=35)
+
+    assert result.phase.value == "succeeded", result.message
+    assert running_revision(aws) == (42, "v1.2.2")
+    assert aws.faults.calls["UpdateService"] == 1  # the restart did not deploy again
+    monitor = next(st for st in result.steps if st.name == "Monitor post-rollback")
+    assert monitor.state.value == "succeeded"
+    # The window is wall-clock time: the round due while no worker ran is made late, not twice.
+    rounds = int(monitor.detail.split(" round(s)")[0].rsplit(" ", 1)[1])
+    assert rounds in (2, 3) and "no regression" in monitor.detail, monitor.detail
+    assert (monitor.ended_at - monitor.started_at).total_seconds() >= 18
+    assert all(c.ok for c in result.checks)
+    assert time.monotonic() - started < 35
