@@ -23,7 +23,12 @@ from temporalio.worker import Worker
 
 from activities.aws import AwsClients
 from activities.catalog import CatalogActivities
-from activities.ecs import EcsActivities
+from activities.ecs import EcsActivities, EcsTaskActivities
+from activities.migrations import plan_migration_rollback, run_migration_command
+from activities.postgres import sql_values
+from activities.rds import RdsActivities
+from activities.route53 import Route53Activities
+from activities.secrets import SecretsActivities
 from activities.elbv2 import Elbv2Activities
 from activities.http_checks import check_http
 from activities.metrics import CloudWatchActivities
@@ -34,18 +39,20 @@ from common.catalog import CatalogError, load_catalog
 from common.logging import configure
 from common.settings import Settings
 from common.temporal import connect, ensure_search_attributes
+from workflows.database import DatabaseRollback
 from workflows.lock import TargetLock
 from workflows.service import ServiceRollback
 
 log = structlog.get_logger("worker")
 
-WORKFLOWS = [ServiceRollback, TargetLock]
+WORKFLOWS = [ServiceRollback, DatabaseRollback, TargetLock]
 
 
 def activities(client: Client, settings: Settings, catalog_path: Path, task_queue: str) -> list:
     aws = AwsClients()
     ecs, elbv2, cw = EcsActivities(aws), Elbv2Activities(aws), CloudWatchActivities(aws)
     locks = LockActivities(client, task_queue)
+    tasks, rds = EcsTaskActivities(aws), RdsActivities(aws)
     return [
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
@@ -54,6 +61,10 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         check_http,
         NotifyActivities(settings.slack_webhook_url).notify,
         locks.acquire_lock, locks.holder_running,
+        tasks.run_one_off, tasks.task_state, tasks.force_new_deployment,
+        rds.describe_instance, rds.find_instance, rds.list_snapshots, rds.restore_from_snapshot,
+        SecretsActivities(aws).point_secret_at, Route53Activities(aws).upsert_cname,
+        sql_values, plan_migration_rollback, run_migration_command,
     ]
 
 

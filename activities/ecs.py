@@ -115,3 +115,71 @@ class EcsActivities:
                                taskDefinition=req.task_definition_arn)
         activity.logger.info("service %s now on %s", where, req.task_definition_arn)
         return True
+
+
+class OneOffTask(BaseModel):
+    """A one-off task from a service's task definition with the command overridden."""
+
+    ecs: EcsRef
+    command: list[str]
+    started_by: str  # idempotency token: a retry finds the task it already started
+    network: dict | None = None
+
+
+class TaskRef(BaseModel):
+    cluster: str
+    task_arn: str
+
+
+class TaskState(BaseModel):
+    last_status: str
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class EcsTaskActivities:
+    """One-off tasks (migrations run as the app's own image) and forced redeployments."""
+
+    def __init__(self, aws: AwsClients) -> None:
+        self._aws = aws
+
+    @activity.defn
+    def run_one_off(self, t: OneOffTask) -> str:
+        ecs = self._aws("ecs")
+        with aws_call(f"ecs list-tasks startedBy={t.started_by}"):
+            for status in ("RUNNING", "STOPPED"):
+                arns = ecs.list_tasks(cluster=t.ecs.cluster, startedBy=t.started_by,
+                                      desiredStatus=status).get("taskArns", [])
+                if arns:
+                    return arns[0]  # started by an earlier attempt
+        with aws_call(f"ecs describe-services {t.ecs.service}"):
+            svc = ecs.describe_services(cluster=t.ecs.cluster, services=[t.ecs.service])["services"][0]
+            td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
+        container = t.ecs.container or td["containerDefinitions"][0]["name"]
+        kwargs: dict = dict(cluster=t.ecs.cluster, taskDefinition=svc["taskDefinition"], startedBy=t.started_by,
+                            overrides={"containerOverrides": [{"name": container, "command": t.command}]})
+        if t.network:
+            kwargs["networkConfiguration"] = {"awsvpcConfiguration": t.network}
+        with aws_call(f"ecs run-task {td['family']}"):
+            resp = ecs.run_task(**kwargs)
+        if resp.get("failures") or not resp.get("tasks"):
+            raise ApplicationError(f"ecs run-task failed: {resp.get('failures')}", non_retryable=True,
+                                   type="InvalidRequest")
+        return resp["tasks"][0]["taskArn"]
+
+    @activity.defn
+    def task_state(self, ref: TaskRef) -> TaskState:
+        with aws_call(f"ecs describe-tasks {ref.task_arn}"):
+            tasks = self._aws("ecs").describe_tasks(cluster=ref.cluster, tasks=[ref.task_arn]).get("tasks", [])
+        if not tasks:
+            raise ApplicationError(f"task {ref.task_arn} not found", non_retryable=True, type="NotFound")
+        task = tasks[0]
+        codes = [c.get("exitCode") for c in task.get("containers", []) if c.get("exitCode") is not None]
+        return TaskState(last_status=task.get("lastStatus", ""), exit_code=max(codes) if codes else None,
+                         reason=task.get("stoppedReason", ""))
+
+    @activity.defn
+    def force_new_deployment(self, ref: EcsRef) -> None:
+        """Restart the service's tasks so they re-read their secrets (runbook: update app config)."""
+        with aws_call(f"ecs update-service --force-new-deployment {ref.cluster}/{ref.service}"):
+            self._aws("ecs").update_service(cluster=ref.cluster, service=ref.service, forceNewDeployment=True)

@@ -84,6 +84,82 @@ class Service(Strict):
     customer_facing: bool = True
 
 
+class MigrationCommand(Strict):
+    """How the application's own migration tool runs: ``{steps}`` in an argument is replaced.
+
+    ``local``: a command on the worker's host (a deploy host) with a working directory and env.
+    ``ecs``: a one-off ECS task from the app's task definition with the command overridden.
+    """
+
+    runner: Literal["local", "ecs"]
+    command: list[str] = Field(min_length=1, description='e.g. ["alembic", "downgrade", "-{steps}"]')
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict, description="values may be ${VAR} from the worker env")
+    ecs: EcsRef | None = None
+    ecs_network: dict | None = Field(None, description="awsvpcConfiguration for run_task, if needed")
+    timeout_minutes: float = 30
+
+
+class Migrations(Strict):
+    tool: Literal["alembic"] = "alembic"
+    directory: str = Field(description="the app's migration scripts (versions/), read to plan and to "
+                                       "detect destructive migrations")
+    version_table: str = "alembic_version"
+    rollback: MigrationCommand
+    destructive_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"#\s*rollback:\s*destructive", r"--\s*rollback:\s*destructive",
+            r"\bUPDATE\s+\w+\s+SET\b", r"\bDELETE\s+FROM\b", r"\bTRUNCATE\b",
+            r"\bDROP\s+(TABLE|COLUMN)\b", r"op\.drop_(table|column)\b", r"op\.alter_column\([^)]*type_",
+        ],
+        description="regexes over a migration's upgrade(): a match means it modified or deleted data")
+
+
+class IntegrityCheck(Strict):
+    """SQL run on the restored instance before any cutover; the first column of the first row is checked."""
+
+    name: str
+    sql: str
+    min: float | None = None
+    max: float | None = None
+    equals: float | str | None = None
+    max_age_before_snapshot_minutes: float | None = Field(
+        None, description="for a timestamp: at most this long before the snapshot was taken")
+
+
+class Cutover(Strict):
+    """How the application is pointed at the restored instance (runbook: see DR runbook)."""
+
+    kind: Literal["secret", "route53"]
+    secret_id: str | None = None
+    host_key: str = "host"
+    restart_services: list[EcsRef] = Field(default_factory=list)
+    hosted_zone_id: str | None = None
+    record_name: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Cutover":
+        if self.kind == "secret" and not self.secret_id:
+            raise ValueError("cutover kind 'secret' needs secret_id")
+        if self.kind == "route53" and not (self.hosted_zone_id and self.record_name):
+            raise ValueError("cutover kind 'route53' needs hosted_zone_id and record_name")
+        return self
+
+
+class Database(Strict):
+    engine: Literal["postgres"] = "postgres"
+    dsn_env: str = Field(description="env var on the worker holding the production DSN (a secret)")
+    rds_instance: str | None = Field(None, description="RDS instance id, for snapshot restores")
+    restored_dsn: str | None = Field(
+        None, description="DSN of the restored instance; {host} and {port} are its endpoint, "
+                          "${VAR} is read from the worker env (credentials)")
+    migrations: Migrations | None = None
+    integrity_checks: list[IntegrityCheck] = Field(default_factory=list)
+    cutover: Cutover | None = None
+    smoke_checks: list[HttpCheck] = Field(default_factory=list)
+    app_service: str | None = Field(None, description="catalog service to roll back first (post_migration)")
+
+
 class People(Strict):
     approvers: list[str] = Field(default_factory=list)
     on_call: list[str] = Field(default_factory=list)
@@ -98,11 +174,16 @@ class Catalog(Strict):
     people: People
     policy: Policy = Field(default_factory=Policy)
     services: dict[str, Service] = Field(default_factory=dict)
+    databases: dict[str, Database] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _someone_can_approve(self) -> "Catalog":
+    def _consistent(self) -> "Catalog":
         if not self.people.on_call:
             raise ValueError("people.on_call must list at least one on-call engineer")
+        for name, db in self.databases.items():
+            if db.app_service and db.app_service not in self.services:
+                raise ValueError(f"databases.{name}.app_service {db.app_service!r} is not under services: "
+                                 f"(known: {', '.join(sorted(self.services)) or 'none'})")
         return self
 
     def service(self, name: str) -> Service:
@@ -110,6 +191,12 @@ class Catalog(Strict):
             return self.services[name]
         except KeyError:
             raise UnknownTarget("service", name, sorted(self.services)) from None
+
+    def database(self, name: str) -> Database:
+        try:
+            return self.databases[name]
+        except KeyError:
+            raise UnknownTarget("database", name, sorted(self.databases)) from None
 
 
 class UnknownTarget(LookupError):

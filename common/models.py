@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.policy import Severity
 
@@ -48,6 +48,32 @@ class ServiceRollbackInput(RollbackRequest):
                 "must be increasing percentages between 1 and 100 that end at 100, e.g. [50, 100]"
             )
         return v
+
+
+class DatabaseRollbackInput(RollbackRequest):
+    database: str = Field(min_length=1, description="catalog name of the database")
+    mode: Literal["migration", "snapshot_restore", "post_migration"]
+    steps: int = Field(1, ge=1, le=50, description="migrations to roll back (migration modes)")
+    snapshot_id: str | None = Field(None, description="snapshot_restore: this snapshot")
+    restore_before: datetime | None = Field(
+        None, description="snapshot_restore: the newest manual snapshot taken before this time")
+    include_automatic: bool = Field(False, description="also consider automatic snapshots")
+    new_instance: str | None = Field(None, description="default: <instance>-rollback")
+    instance_class: str | None = Field(None, description="default: the source instance's")
+    multi_az: bool | None = Field(None, description="default: the source instance's")
+    rollback_migration: bool = Field(
+        False, description="post_migration: after the app, also undo the migration if it is safe")
+    to_version: str | None = Field(None, description="post_migration: the app version to return to")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DatabaseRollbackInput":
+        if self.snapshot_id and self.restore_before:
+            raise ValueError("give snapshot_id or restore_before, not both")
+        if self.mode != "snapshot_restore" and (self.snapshot_id or self.restore_before):
+            raise ValueError(f"snapshot_id/restore_before only apply to mode snapshot_restore, not {self.mode}")
+        if self.restore_before is not None and self.restore_before.tzinfo is None:
+            raise ValueError("restore_before needs a timezone, e.g. 2025-11-18T14:00:00Z")
+        return self
 
 
 # --- decisions (signal and update payloads: one JSON object each, for the Web UI) ---

@@ -78,6 +78,8 @@ class Policy(BaseModel):
     metric_window_minutes: float = Field(5, gt=0, description="runbook: --window=5m")
     validation_attempts: int = Field(3, ge=1, description="tries before validation fails")
     validation_retry_seconds: float = Field(20, ge=0)
+    db_restore_timeout_minutes: float = Field(60, gt=0, description="runbook: 10-15 minutes")
+    db_poll_seconds: float = Field(30, gt=0)
     settle_timeout_minutes: float = Field(30, gt=0)
     settle_poll_seconds: float = Field(15, gt=0)
 

@@ -92,7 +92,7 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
 
 
 @dataclass
-class TestCatalog:
+class RunCatalog:
     path: Path
     data: dict
     suffix: str
@@ -109,7 +109,7 @@ class TestCatalog:
         return self.name("api-bg")
 
 
-def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> TestCatalog:
+def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> RunCatalog:
     """The sandbox catalog with per-test service names; ``policy`` overrides the runbook's."""
     data = catalog_dict(aws.http_base, aws.fleet)
     suffix = uuid.uuid4().hex[:6]
@@ -118,17 +118,17 @@ def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> TestC
     Catalog.model_validate(data)
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return TestCatalog(path=path, data=data, suffix=suffix)
+    return RunCatalog(path=path, data=data, suffix=suffix)
 
 
 @pytest.fixture()
-def catalog(tmp_path: Path, aws: Aws) -> TestCatalog:
+def catalog(tmp_path: Path, aws: Aws) -> RunCatalog:
     """The runbook's own policy: for the time-skipping server, where its minutes pass at once."""
     return write_catalog(tmp_path, aws)
 
 
 @pytest.fixture()
-def fast_catalog(tmp_path: Path, aws: Aws) -> TestCatalog:
+def fast_catalog(tmp_path: Path, aws: Aws) -> RunCatalog:
     """Minutes shrunk to seconds: for the real dev server, whose clock does not skip."""
     return write_catalog(tmp_path, aws, FAST_POLICY)
 
@@ -172,7 +172,9 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-def in_process_worker(client: Client, catalog: TestCatalog) -> Worker:
+def in_process_worker(client: Client, catalog: RunCatalog) -> Worker:
     from worker import build_worker
 
     return build_worker(client, Settings(), catalog.path, task_queue=f"tq-{uuid.uuid4().hex[:8]}")
+
+from tests.pg import pg_database, pg_database_factory  # noqa: E402,F401  (real PostgreSQL fixtures)

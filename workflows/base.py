@@ -27,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.gate import ApprovalGate, ExtraRequirement
     from workflows.options import NOTIFY, call
     from workflows.report import render_report, render_summary
-    from workflows.timeline import StepFailed, Timeline, innermost_message as _innermost
+    from workflows.timeline import Refused, StepFailed, Timeline, innermost_message as _innermost
 
 APPROVAL = "Approval"
 
@@ -142,6 +142,9 @@ class RollbackWorkflow:
             return self._finish(Phase.planned if request.dry_run else Phase.succeeded)
         except GateClosed:
             return self._finish(self.s.phase)
+        except Refused as e:
+            self.s.message = f"refused: {e}"
+            return self._finish(Phase.refused)
         except asyncio.CancelledError:
             self.s.message = (f"cancelled during {self.s.phase.value}; no further changes were made. "
                               f"State reached: {self._state_reached()}")

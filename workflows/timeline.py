@@ -16,6 +16,10 @@ class StepFailed(Exception):
     """A step found something wrong that a retry will not fix; the message is for people."""
 
 
+class Refused(StepFailed):
+    """The procedure will not act, by rule (e.g. a destructive migration); nothing was changed."""
+
+
 class Timeline:
     def __init__(self, status: RollbackStatus, names: list[str]) -> None:
         self.status = status

@@ -23,6 +23,8 @@ FAULTS = {
     "5xx": (500, "InternalFailure", "We encountered an internal error. Please try again."),
     "denied": (400, "AccessDeniedException", "User: arn:aws:iam::123456789012:user/worker is not "
                                              "authorized to perform this action"),
+    # The call IS made, but its answer is lost (a crash or timeout right after the change).
+    "lost-answer": (500, "InternalFailure", "the answer was lost after the change was made"),
 }
 
 
@@ -63,6 +65,8 @@ class FaultyMoto:
                 fault = queue.pop(0) if queue else None
             if fault is None:
                 return app(environ, start_response)
+            if fault == "lost-answer":
+                b"".join(app(environ, lambda *a, **k: None))
             status, code, message = FAULTS[fault]
             json_api = bool(environ.get("HTTP_X_AMZ_TARGET"))
             if json_api:
