@@ -30,12 +30,12 @@ from tests.helpers import new_id, running_revision, wait_for
 from workflows.service import ServiceRollback
 
 if TYPE_CHECKING:  # imported at run time, pytest would try to collect the class
-    from tests.conftest import TestCatalog
+    from tests.conftest import RunCatalog
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker_env(dev_env, aws: Aws, catalog: "TestCatalog", task_queue: str) -> dict[str, str]:
+def worker_env(dev_env, aws: Aws, catalog: "RunCatalog", task_queue: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("TEMPORAL_", "ROLLBACK_", "AWS_"))}
     env.update(aws_env(aws.endpoint_url))
