@@ -104,8 +104,15 @@ class RdsActivities:
             activity.logger.info("%s already exists; not restoring again", req.new_instance)
             return existing
         with aws_call(f"rds restore-db-instance-from-db-snapshot {req.snapshot_id} -> {req.new_instance}"):
-            resp = rds.restore_db_instance_from_db_snapshot(
-                DBInstanceIdentifier=req.new_instance, DBSnapshotIdentifier=req.snapshot_id,
-                DBInstanceClass=req.instance_class, MultiAZ=req.multi_az)
+            try:
+                resp = rds.restore_db_instance_from_db_snapshot(
+                    DBInstanceIdentifier=req.new_instance, DBSnapshotIdentifier=req.snapshot_id,
+                    DBInstanceClass=req.instance_class, MultiAZ=req.multi_az)
+            except rds.exceptions.DBInstanceAlreadyExistsFault:
+                # botocore's own retry after a lost answer: the first call did create it
+                found = self._find(req.new_instance)
+                if found is None:
+                    raise
+                return found
         activity.logger.info("restoring %s from %s", req.new_instance, req.snapshot_id)
         return _instance(resp["DBInstance"])

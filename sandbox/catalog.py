@@ -3,11 +3,15 @@
 Two renderings, because moto names ALB resources at random:
 
 - ``Sandbox.start()`` writes the full catalog (``api`` and the blue/green ``api-bg``, with
-  the listener and target-group ARNs of *this* moto run) to ``<data_dir>/sandbox-catalog.yaml``
-  and returns that path. Use it whenever the sandbox is running.
-- ``sandbox/catalog.yaml`` is static and holds ``api`` only (no random ARNs in it), for the
-  default endpoints at http://127.0.0.1:8080. Regenerate it with
+  the listener and target-group ARNs of *this* moto run, and the ``rastup-prod`` database)
+  to ``<data_dir>/sandbox-catalog.yaml`` and returns that path. Use it whenever the sandbox
+  is running.
+- ``sandbox/catalog.yaml`` is static and holds ``api`` and ``rastup-prod`` only (no random
+  ARNs in it), for the default endpoints at http://127.0.0.1:8080. Regenerate it with
   ``python -m sandbox --write-static-catalog``; a test checks it matches.
+
+Tests build their catalogs on ``catalog_dict`` (people and services only) and add databases
+of their own, backed by a real PostgreSQL; the sandbox's ``databases_dict`` has none behind it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from sandbox.fleet import BLUE_SERVICE, CLUSTER, CONTAINER, GREEN_SERVICE, SERVICE, Fleet
+from sandbox.fleet import (BLUE_SERVICE, CLUSTER, CONTAINER, DB_INSTANCE, DB_SECRET, GREEN_SERVICE,
+                           SERVICE, Fleet)
 from sandbox.metrics import BASELINE_ERROR_RATE, BASELINE_LATENCY, NAMESPACE
 
 DEFAULT_HTTP_BASE = "http://127.0.0.1:8080"
@@ -58,7 +63,7 @@ def _service(base: str, ecs: dict[str, Any]) -> dict[str, Any]:
 
 
 def catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
-    """The catalog as plain data; without a fleet, only ``api`` (no ALB ARNs to name)."""
+    """People and services as plain data; without a fleet, only ``api`` (no ALB ARNs to name)."""
     http_base = http_base.rstrip("/")
     services = {"api": _service(f"{http_base}/api", _ecs(SERVICE))}
     if fleet is not None:
@@ -76,8 +81,41 @@ def catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
     }
 
 
+# Put above "databases:" in the rendered YAML (safe_dump writes no comments).
+DATABASES_COMMENT = """\
+# rastup-prod: the runbook's database. moto holds its RDS instance, the manual snapshot
+# pre-deploy-20251118-140000 and the connection secret rastup/prod/db, but no PostgreSQL
+# answers behind moto's instances: so no migrations (migration mode has nothing to run
+# against), no integrity checks and no restored_dsn (nothing to run SQL on). What can be
+# tried here is the snapshot restore's AWS side: a new instance from the snapshot, the
+# secret's host switched to it, api-service redeployed.
+"""
+
+
+def databases_dict(http_base: str) -> dict[str, Any]:
+    """The sandbox's database (the moto RDS instance seeded by ``sandbox.fleet``)."""
+    http_base = http_base.rstrip("/")
+    return {
+        DB_INSTANCE: {
+            "dsn_env": "ROLLBACK_SANDBOX_DB_DSN",
+            "rds_instance": DB_INSTANCE,
+            "restored_dsn": None,
+            "cutover": {"kind": "secret", "secret_id": DB_SECRET, "host_key": "host",
+                        "restart_services": [{"cluster": CLUSTER, "service": SERVICE}]},
+            "smoke_checks": [{"name": "health", "url": f"{http_base}/api/health"}],
+            "app_service": "api",
+        },
+    }
+
+
+def full_catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
+    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``."""
+    return {**catalog_dict(http_base, fleet), "databases": databases_dict(http_base)}
+
+
 def render(http_base: str, fleet: Fleet | None) -> str:
-    return HEADER + yaml.safe_dump(catalog_dict(http_base, fleet), sort_keys=False)
+    text = yaml.safe_dump(full_catalog_dict(http_base, fleet), sort_keys=False)
+    return HEADER + text.replace("\ndatabases:\n", "\n" + DATABASES_COMMENT + "databases:\n", 1)
 
 
 def write_catalog(path: Path, http_base: str, fleet: Fleet | None) -> Path:

@@ -9,6 +9,10 @@ What ``seed`` creates (idempotently):
 - A blue/green pair for gradual rollbacks: a VPC with two subnets, ALB ``rastup-prod-alb``,
   target groups ``api-blue``/``api-green`` and an HTTP:80 listener forwarding 100/0 to them,
   served by ECS services ``api-service-blue`` (live) and ``api-service-green``, both on 43.
+- The runbook's database: RDS PostgreSQL instance ``rastup-prod`` (db.r6g.2xlarge, Multi-AZ),
+  its manual snapshot ``pre-deploy-20251118-140000``, and the Secrets Manager secret
+  ``rastup/prod/db`` the application reads its connection from (host = the instance's
+  endpoint). moto has no database engine behind its instances: nothing answers SQL there.
 
 Every service has desiredCount ``DESIRED_COUNT``; moto must run with
 ``MOTO_ECS_SERVICE_RUNNING`` equal to it (see ``sandbox.moto_server``) so they look settled.
@@ -16,6 +20,7 @@ Every service has desiredCount ``DESIRED_COUNT``; moto must run with
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -40,6 +45,13 @@ LATEST_REVISION = 43
 BAD_VERSION = "v1.2.3"  # revision 43, deployed: the release being rolled back
 GOOD_VERSION = "v1.2.2"  # revision 42, the rollback target
 
+DB_INSTANCE = "rastup-prod"
+DB_INSTANCE_CLASS = "db.r6g.2xlarge"
+DB_SNAPSHOT = "pre-deploy-20251118-140000"  # manual, taken before the deploy
+DB_SECRET = "rastup/prod/db"
+DB_NAME = DB_USER = "rastup"
+DB_PASSWORD = "sandbox-only"  # a dummy: there is no real database behind moto's instance
+
 
 def version_of(revision: int) -> str:
     """The image tag of a revision: distinct and increasing, ending in v1.2.2, v1.2.3."""
@@ -48,13 +60,19 @@ def version_of(revision: int) -> str:
 
 
 class Fleet(BaseModel):
-    """What the catalog needs that moto names at random (the ALB resources' ARNs)."""
+    """What the catalog and tests need that moto names at random (the ALB resources' ARNs,
+    the database's endpoint), and the names of the database resources."""
 
     region: str
     cluster: str
     listener_arn: str
     blue_target_group_arn: str
     green_target_group_arn: str
+    db_endpoint: str  # the instance's endpoint address (moto: <id>.aaaaaaaaaa.<region>.rds.amazonaws.com)
+    db_instance: str = DB_INSTANCE
+    db_port: int = 5432
+    db_snapshot: str = DB_SNAPSHOT
+    db_secret_id: str = DB_SECRET
 
     def service_behind(self, target_group_arn: str) -> str:
         """The ECS service serving a target group of the blue/green pair."""
@@ -122,15 +140,20 @@ def family_versions(ecs: Any, family: str = FAMILY, known: dict[str, str] | None
 
 def seed(endpoint_url: str, region: str = REGION) -> Fleet:
     """Create the fleet in moto, or find it if it is already there (safe to call twice)."""
-    ecs, ec2, elbv2 = (client(s, endpoint_url, region) for s in ("ecs", "ec2", "elbv2"))
+    ecs, ec2, elbv2, rds, secrets = (client(s, endpoint_url, region)
+                                     for s in ("ecs", "ec2", "elbv2", "rds", "secretsmanager"))
     _ensure_cluster(ecs)
     latest = _ensure_revisions(ecs)
     blue_tg, green_tg, listener = _ensure_load_balancer(ec2, elbv2, region)
     _ensure_service(ecs, SERVICE, latest)
     _ensure_service(ecs, BLUE_SERVICE, latest, blue_tg)
     _ensure_service(ecs, GREEN_SERVICE, latest, green_tg)
+    db_host, db_port = _ensure_db_instance(rds)
+    _ensure_db_snapshot(rds)
+    _ensure_db_secret(secrets, db_host, db_port)
     return Fleet(region=region, cluster=CLUSTER, listener_arn=listener,
-                 blue_target_group_arn=blue_tg, green_target_group_arn=green_tg)
+                 blue_target_group_arn=blue_tg, green_target_group_arn=green_tg,
+                 db_endpoint=db_host, db_port=db_port)
 
 
 def _ensure_cluster(ecs: Any) -> None:
@@ -199,3 +222,49 @@ def _create_load_balancer(ec2: Any, elbv2: Any, region: str) -> str:
         ]}}],
     )
     return alb
+
+
+def _ensure_db_instance(rds: Any) -> tuple[str, int]:
+    """The runbook's production database; returns its endpoint (address, port).
+
+    moto reports it ``available`` at once and, like real RDS, adds an *automated* snapshot
+    (``rds:rastup-prod-<date>``) of its own: whoever picks snapshots must filter SnapshotType.
+    """
+    try:
+        instance = rds.describe_db_instances(DBInstanceIdentifier=DB_INSTANCE)["DBInstances"][0]
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "DBInstanceNotFound":
+            raise
+        instance = rds.create_db_instance(
+            DBInstanceIdentifier=DB_INSTANCE, Engine="postgres", DBInstanceClass=DB_INSTANCE_CLASS,
+            MultiAZ=True, AllocatedStorage=100, DBName=DB_NAME,
+            MasterUsername=DB_USER, MasterUserPassword=DB_PASSWORD)["DBInstance"]
+    return instance["Endpoint"]["Address"], instance["Endpoint"]["Port"]
+
+
+def _ensure_db_snapshot(rds: Any) -> None:
+    """The manual pre-deploy snapshot the runbook restores from.
+
+    Its name says 2025-11-18 14:00 but moto stamps SnapshotCreateTime with the time of this
+    call (it cannot be set): in the sandbox the snapshot is "taken" when the sandbox starts,
+    so "the newest manual snapshot before <time>" needs a time after that.
+    """
+    try:
+        rds.describe_db_snapshots(DBSnapshotIdentifier=DB_SNAPSHOT)
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "DBSnapshotNotFound":
+            raise
+        rds.create_db_snapshot(DBSnapshotIdentifier=DB_SNAPSHOT, DBInstanceIdentifier=DB_INSTANCE)
+
+
+def _ensure_db_secret(secrets: Any, host: str, port: int) -> None:
+    """The connection secret the app reads; a cutover rewrites its ``host``. Left as found if
+    it exists (a cutover in progress is not undone by seeding again)."""
+    try:
+        secrets.describe_secret(SecretId=DB_SECRET)
+    except ClientError as e:
+        if e.response["Error"]["Code"] != "ResourceNotFoundException":
+            raise
+        secrets.create_secret(Name=DB_SECRET, SecretString=json.dumps({
+            "host": host, "port": port, "username": DB_USER, "password": DB_PASSWORD,
+            "dbname": DB_NAME}))

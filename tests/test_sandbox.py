@@ -5,6 +5,7 @@ One sandbox (moto + endpoints) on free ports for the module; tests that change i
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -17,9 +18,10 @@ import yaml
 
 from common.catalog import Catalog, load_catalog
 from sandbox import Fleet, Sandbox, SandboxInfo, aws_env
-from sandbox.catalog import DEFAULT_HTTP_BASE, STATIC_CATALOG, catalog_dict
-from sandbox.fleet import (BAD_VERSION, BLUE_SERVICE, CLUSTER, DESIRED_COUNT, FAMILY, GOOD_VERSION,
-                           GREEN_SERVICE, SERVICE, client, image_tag, seed)
+from sandbox.catalog import DEFAULT_HTTP_BASE, STATIC_CATALOG, full_catalog_dict
+from sandbox.fleet import (BAD_VERSION, BLUE_SERVICE, CLUSTER, DB_INSTANCE, DB_SECRET, DB_SNAPSHOT,
+                           DESIRED_COUNT, FAMILY, GOOD_VERSION, GREEN_SERVICE, SERVICE, client,
+                           image_tag, seed)
 from sandbox.metrics import emit_once
 
 
@@ -138,6 +140,12 @@ def test_metrics_show_the_incident_only_for_the_bad_release(sandbox: SandboxInfo
 def test_rendered_catalog_validates_and_names_this_fleet(sandbox: SandboxInfo) -> None:
     catalog = load_catalog(sandbox.catalog_path)
     assert set(catalog.services) == {"api", "api-bg"}
+    db = catalog.database(DB_INSTANCE)
+    assert db.rds_instance == DB_INSTANCE and db.app_service == "api"
+    assert db.cutover is not None and db.cutover.secret_id == DB_SECRET
+    assert db.migrations is None and not db.integrity_checks  # no PostgreSQL behind moto
+    assert db.smoke_checks[0].url == f"{sandbox.http_base}/api/health"
+    assert "no PostgreSQL" in sandbox.catalog_path.read_text()  # the comment says why
     bg = catalog.service("api-bg").blue_green
     assert bg is not None and bg.listener_arn == sandbox.fleet.listener_arn
     assert bg.green.ecs.service == GREEN_SERVICE
@@ -148,8 +156,9 @@ def test_rendered_catalog_validates_and_names_this_fleet(sandbox: SandboxInfo) -
 def test_static_catalog_is_current_and_valid() -> None:
     """sandbox/catalog.yaml is generated: regenerate with python -m sandbox --write-static-catalog."""
     on_disk = yaml.safe_load(STATIC_CATALOG.read_text())
-    assert on_disk == catalog_dict(DEFAULT_HTTP_BASE, None)
-    assert set(Catalog.model_validate(on_disk).services) == {"api"}
+    assert on_disk == full_catalog_dict(DEFAULT_HTTP_BASE, None)
+    catalog = Catalog.model_validate(on_disk)
+    assert set(catalog.services) == {"api"} and set(catalog.databases) == {DB_INSTANCE}
 
 
 def test_seeding_twice_changes_nothing(sandbox: SandboxInfo, ecs: Any) -> None:
@@ -163,11 +172,21 @@ def test_seeding_twice_changes_nothing(sandbox: SandboxInfo, ecs: Any) -> None:
                 len(elbv2.describe_listeners(LoadBalancerArn=albs[0]["LoadBalancerArn"])["Listeners"]),
                 len(ec2.describe_vpcs()["Vpcs"]))
 
-    before = inventory()
+    def databases() -> tuple[list, list, list]:
+        rds, sm = client("rds", sandbox.endpoint_url), client("secretsmanager", sandbox.endpoint_url)
+        return ([i["DBInstanceIdentifier"] for i in rds.describe_db_instances()["DBInstances"]],
+                sorted(s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots()["DBSnapshots"]),
+                [(s["Name"], [v["VersionId"] for v in sm.list_secret_version_ids(SecretId=s["Name"])[
+                    "Versions"]]) for s in sm.list_secrets()["SecretList"]])
+
+    before, dbs_before = inventory(), databases()
     assert before[:6] == (43, 3, 1, 1, 2, 1)
+    assert dbs_before[0] == [DB_INSTANCE] and DB_SNAPSHOT in dbs_before[1]
+    assert [name for name, _ in dbs_before[2]] == [DB_SECRET]
     again: Fleet = seed(sandbox.endpoint_url)
     assert again == sandbox.fleet
     assert inventory() == before
+    assert databases() == dbs_before  # same instance, snapshots, secret (and secret version)
 
 
 def test_aws_env_points_boto3_at_the_sandbox(sandbox: SandboxInfo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,6 +198,33 @@ def test_aws_env_points_boto3_at_the_sandbox(sandbox: SandboxInfo, monkeypatch: 
     services = boto3.client("ecs").describe_services(cluster=CLUSTER, services=[SERVICE])["services"]
     assert services[0]["serviceName"] == SERVICE
 
+
+def test_database_instance_and_its_manual_pre_deploy_snapshot(sandbox: SandboxInfo) -> None:
+    rds = client("rds", sandbox.endpoint_url)
+    instance = rds.describe_db_instances(DBInstanceIdentifier=DB_INSTANCE)["DBInstances"][0]
+    assert (instance["Engine"], instance["DBInstanceClass"], instance["MultiAZ"]) == (
+        "postgres", "db.r6g.2xlarge", True)
+    assert instance["DBInstanceStatus"] == "available"
+    assert instance["Endpoint"] == {"Address": sandbox.fleet.db_endpoint, "Port": sandbox.fleet.db_port}
+
+    snapshots = rds.describe_db_snapshots(DBInstanceIdentifier=DB_INSTANCE)["DBSnapshots"]
+    by_type = {s["DBSnapshotIdentifier"]: s["SnapshotType"] for s in snapshots}
+    assert by_type[DB_SNAPSHOT] == "manual"
+    # moto also takes an automated one of its own when it creates the instance, as RDS does.
+    assert [t for n, t in by_type.items() if n != DB_SNAPSHOT] == ["automated"]
+    snapshot = next(s for s in snapshots if s["DBSnapshotIdentifier"] == DB_SNAPSHOT)
+    assert snapshot["Status"] == "available"
+    # moto stamps the time of seeding, whatever the name says (2025-11-18 14:00).
+    assert snapshot["SnapshotCreateTime"] >= instance["InstanceCreateTime"]
+
+
+def test_connection_secret_points_at_the_database_instance(sandbox: SandboxInfo) -> None:
+    secret = client("secretsmanager", sandbox.endpoint_url).get_secret_value(
+        SecretId=DB_SECRET, VersionStage="AWSCURRENT")
+    value = json.loads(secret["SecretString"])
+    assert value == {"host": sandbox.fleet.db_endpoint, "port": 5432, "username": "rastup",
+                     "password": "sandbox-only", "dbname": "rastup"}
+    assert value["host"].startswith(f"{DB_INSTANCE}.")
 
 
 def test_a_busy_moto_port_fails_fast(tmp_path: Path) -> None:
