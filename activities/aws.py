@@ -41,10 +41,20 @@ class AwsClients:
         )
 
     def __call__(self, service: str) -> Any:
+        return self._client(service, self._config)
+
+    def once(self, service: str) -> Any:
+        """A client that never re-sends: for creates that are not idempotent on the server side
+        (botocore's retry after a lost answer would create twice). The activity's own retry,
+        which looks before it creates, takes over."""
+        return self._client(service, self._config.merge(Config(retries={"total_max_attempts": 1})), "once")
+
+    def _client(self, service: str, config: Config, flavour: str = "") -> Any:
         with self._lock:
-            if service not in self._clients:
-                self._clients[service] = self._session.client(service, config=self._config)
-            return self._clients[service]
+            key = f"{service}:{flavour}"
+            if key not in self._clients:
+                self._clients[key] = self._session.client(service, config=config)
+            return self._clients[key]
 
 
 @contextmanager

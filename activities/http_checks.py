@@ -36,7 +36,7 @@ async def check_http(probe: HttpProbe) -> CheckResult:
                            at=now)
     if probe.contains is not None and probe.contains not in resp.text:
         return CheckResult(name=probe.name, ok=False,
-                           detail=f"GET {probe.url}: body does not contain {probe.contains!r}", at=now)
+                           detail=f"GET {probe.url}: body does not contain {_short(probe.contains)}", at=now)
     if probe.json_field:
         try:
             value = resp.json().get(probe.json_field)
@@ -50,3 +50,7 @@ async def check_http(probe: HttpProbe) -> CheckResult:
                            at=now)
     return CheckResult(name=probe.name, ok=True, value=str(resp.status_code), detail=f"GET {probe.url} ok",
                        at=now)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")

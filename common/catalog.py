@@ -160,6 +160,33 @@ class Database(Strict):
     app_service: str | None = Field(None, description="catalog service to roll back first (post_migration)")
 
 
+class Site(Strict):
+    """A static frontend: a versioned S3 bucket behind CloudFront (runbook section 6)."""
+
+    bucket: str = Field(description="the live bucket (versioning enabled)")
+    versions_bucket: str | None = Field(None, description="holds one prefix per release, e.g. v1.2.2/")
+    distribution_id: str | None = None
+    url: str | None = Field(None, description="the public URL serving index_key, for verification")
+    index_key: str = "index.html"
+    endpoints: Endpoints = Field(default_factory=Endpoints)
+    smoke_checks: list[HttpCheck] = Field(default_factory=list)
+    metrics: list[MetricQuery] = Field(default_factory=list)
+    alarms: list[str] = Field(default_factory=list)
+    customer_facing: bool = True
+
+
+class LambdaFunction(Strict):
+    """A Lambda function rolled back by moving an alias between its published versions."""
+
+    function_name: str = Field(description="the function's name in AWS")
+    smoke_invoke: bool = Field(False, description="invoke it through the alias after the rollback")
+    smoke_payload: dict | list | None = Field(None, description="the smoke invocation's JSON event")
+    metrics: list[MetricQuery] = Field(
+        default_factory=list, description="checked between routing steps and while monitoring; "
+                                          "{version} in a dimension is the published version")
+    alarms: list[str] = Field(default_factory=list, description="CloudWatch alarm names")
+
+
 class People(Strict):
     approvers: list[str] = Field(default_factory=list)
     on_call: list[str] = Field(default_factory=list)
@@ -175,6 +202,8 @@ class Catalog(Strict):
     policy: Policy = Field(default_factory=Policy)
     services: dict[str, Service] = Field(default_factory=dict)
     databases: dict[str, Database] = Field(default_factory=dict)
+    sites: dict[str, Site] = Field(default_factory=dict)
+    functions: dict[str, LambdaFunction] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Catalog":
@@ -191,6 +220,18 @@ class Catalog(Strict):
             return self.services[name]
         except KeyError:
             raise UnknownTarget("service", name, sorted(self.services)) from None
+
+    def site(self, name: str) -> Site:
+        try:
+            return self.sites[name]
+        except KeyError:
+            raise UnknownTarget("site", name, sorted(self.sites)) from None
+
+    def function(self, name: str) -> LambdaFunction:
+        try:
+            return self.functions[name]
+        except KeyError:
+            raise UnknownTarget("function", name, sorted(self.functions)) from None
 
     def database(self, name: str) -> Database:
         try:

@@ -41,13 +41,18 @@ class ServiceRollbackInput(RollbackRequest):
     @field_validator("rollout_percentages")
     @classmethod
     def _increasing_to_100(cls, v: list[int] | None) -> list[int] | None:
-        if v is None:
-            return v
-        if not v or any(p < 1 or p > 100 for p in v) or v != sorted(set(v)) or v[-1] != 100:
-            raise ValueError(
-                "must be increasing percentages between 1 and 100 that end at 100, e.g. [50, 100]"
-            )
+        return increasing_to_100(v)
+
+
+def increasing_to_100(v: list[int] | None) -> list[int] | None:
+    """Gradual steps (rollout_percentages, routing_steps): increasing, 1..100, ending at 100."""
+    if v is None:
         return v
+    if not v or any(p < 1 or p > 100 for p in v) or v != sorted(set(v)) or v[-1] != 100:
+        raise ValueError(
+            "must be increasing percentages between 1 and 100 that end at 100, e.g. [50, 100]"
+        )
+    return v
 
 
 class DatabaseRollbackInput(RollbackRequest):
@@ -74,6 +79,92 @@ class DatabaseRollbackInput(RollbackRequest):
         if self.restore_before is not None and self.restore_before.tzinfo is None:
             raise ValueError("restore_before needs a timezone, e.g. 2025-11-18T14:00:00Z")
         return self
+
+
+class FrontendRollbackInput(RollbackRequest):
+    site: str = Field(min_length=1, description="catalog name of the site, e.g. 'web'")
+    strategy: Literal["object_versions", "release_sync"]
+    to_release: str | None = Field(None, description="release_sync: the release prefix, e.g. 'v1.2.2'")
+    restore_to: datetime | None = Field(None, description="object_versions: restore what was current then")
+    keys: list[str] | None = Field(None, description="object_versions: only these keys (default: all)")
+    exact: bool = Field(False, description="object_versions: also delete objects created after restore_to")
+
+    @model_validator(mode="after")
+    def _strategy_fields(self) -> "FrontendRollbackInput":
+        if self.strategy == "release_sync":
+            if not self.to_release:
+                raise ValueError("strategy release_sync needs to_release, e.g. \"v1.2.2\"")
+            if self.restore_to or self.keys or self.exact:
+                raise ValueError("restore_to, keys and exact apply to strategy object_versions only")
+        else:
+            if self.restore_to is None:
+                raise ValueError("strategy object_versions needs restore_to, e.g. \"2025-11-18T14:00:00Z\"")
+            if self.restore_to.tzinfo is None:
+                raise ValueError("restore_to needs a timezone, e.g. 2025-11-18T14:00:00Z")
+            if self.to_release:
+                raise ValueError("to_release applies to strategy release_sync; use restore_to with object_versions")
+        return self
+
+
+class LambdaRollbackInput(RollbackRequest):
+    """One function (``function``) or a fleet of them (``functions``, one approval for the lot).
+
+    Workflow id for the CLI: ``rollback-lambda-<target>``, where ``target`` is the function's
+    catalog name, or for a fleet the sorted names joined with ',' (also the lock's name).
+    """
+
+    function: str | None = Field(None, min_length=1, description="catalog name of the function")
+    functions: list[str] | None = Field(
+        None, description="fleet form: several catalog names rolled back together (instead of function)")
+    alias: str = Field("production", min_length=1, description="the alias to move back")
+    to_version: str | None = Field(
+        None, description="published version to return to (one function only); default: the published "
+                          "version just below the one the alias points at")
+    routing_steps: list[int] | None = Field(
+        None, description="gradual shift via the alias' routing weights, e.g. [50, 100]")
+
+    @field_validator("to_version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # 3 from JSON means "3"
+
+    @field_validator("to_version")
+    @classmethod
+    def _published(cls, v: str | None) -> str | None:
+        if v is not None and not v.isdigit():
+            raise ValueError(f"{v!r} is not a published version: those are numbers, e.g. \"3\"")
+        return v
+
+    @field_validator("routing_steps")
+    @classmethod
+    def _steps(cls, v: list[int] | None) -> list[int] | None:
+        return increasing_to_100(v)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "LambdaRollbackInput":
+        if (self.function is None) == (self.functions is None):
+            raise ValueError("give function (one) or functions (a fleet), not both and not neither")
+        if self.functions is not None:
+            names = [n.strip() for n in self.functions]
+            if not names or any(not n for n in names):
+                raise ValueError("functions must list at least one non-empty catalog name")
+            if len(set(names)) != len(names):
+                raise ValueError("functions lists a name twice")
+            self.functions = names
+            if self.to_version is not None:
+                raise ValueError("to_version applies to one function (versions are numbered per function); "
+                                 "leave it out for a fleet: each function goes back to its previous version")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """The catalog names, in the order given."""
+        return [self.function] if self.function is not None else list(self.functions or [])
+
+    @property
+    def target(self) -> str:
+        """The name of the lock, the RollbackTarget search attribute and the CLI's workflow id."""
+        return self.function if self.function is not None else ",".join(sorted(self.names))
 
 
 # --- decisions (signal and update payloads: one JSON object each, for the Web UI) ---

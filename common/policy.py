@@ -80,6 +80,8 @@ class Policy(BaseModel):
     validation_retry_seconds: float = Field(20, ge=0)
     db_restore_timeout_minutes: float = Field(60, gt=0, description="runbook: 10-15 minutes")
     db_poll_seconds: float = Field(30, gt=0)
+    invalidation_timeout_minutes: float = Field(30, gt=0, description="runbook: 5-10 minutes")
+    invalidation_poll_seconds: float = Field(20, gt=0)
     settle_timeout_minutes: float = Field(30, gt=0)
     settle_poll_seconds: float = Field(15, gt=0)
 

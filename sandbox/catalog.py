@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from sandbox.frontend_fleet import SITE_BUCKET, VERSIONS_BUCKET
+from sandbox.lambda_fleet import FUNCTION, catalog_entry as lambda_catalog_entry
 from sandbox.fleet import (BLUE_SERVICE, CLUSTER, CONTAINER, DB_INSTANCE, DB_SECRET, GREEN_SERVICE,
                            SERVICE, Fleet)
 from sandbox.metrics import BASELINE_ERROR_RATE, BASELINE_LATENCY, NAMESPACE
@@ -74,10 +76,15 @@ def catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
             "green": {"target_group_arn": fleet.green_target_group_arn, "ecs": _ecs(GREEN_SERVICE)},
         }
         services["api-bg"] = bg
+    site = {"bucket": SITE_BUCKET, "versions_bucket": VERSIONS_BUCKET, "url": f"{http_base}/site/",
+            "index_key": "index.html"}
+    if fleet is not None and fleet.distribution_id:
+        site["distribution_id"] = fleet.distribution_id
     return {
         "people": {"approvers": ["alice", "bob", "carol"], "on_call": ["dana"],
                    "dbas": ["erin"], "security": ["frank"]},
         "services": services,
+        "sites": {"web": site},
     }
 
 
@@ -109,8 +116,9 @@ def databases_dict(http_base: str) -> dict[str, Any]:
 
 
 def full_catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
-    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``."""
-    return {**catalog_dict(http_base, fleet), "databases": databases_dict(http_base)}
+    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict`` and the Lambda function."""
+    return {**catalog_dict(http_base, fleet), "databases": databases_dict(http_base),
+            "functions": {FUNCTION: lambda_catalog_entry()}}
 
 
 def render(http_base: str, fleet: Fleet | None) -> str:

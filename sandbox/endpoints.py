@@ -8,6 +8,7 @@ from moto on every request, so a rollback (update_service, modify_listener) show
     /<prefix>/ready    200 {"ready": true}
     /<prefix>/version  200 {"version": "v1.2.3", "revision": 43, "service": "api-service"}
     /<prefix>/search   200 {"query": "...", "results": [...], "version": "v1.2.3"}  (smoke check)
+    /site/             the frontend's current index.html (see sandbox/frontend_fleet.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sandbox.fleet import SERVICE, Fleet, Running, client, running
+from sandbox.frontend_fleet import site_index
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class _Live:
     def __init__(self, endpoint_url: str, fleet: Fleet) -> None:
         self._ecs = client("ecs", endpoint_url, fleet.region)
         self._elbv2 = client("elbv2", endpoint_url, fleet.region)
+        self.s3 = client("s3", endpoint_url, fleet.region)
         self._fleet = fleet
 
     def service_for(self, prefix: str) -> str | None:
@@ -55,6 +58,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         url = urlsplit(self.path)
         prefix, _, endpoint = url.path.strip("/").partition("/")
+        if prefix == "site":
+            return self._site()
         try:
             service = self.server.live.service_for(prefix)
             if service is None:
@@ -80,6 +85,18 @@ class _Handler(BaseHTTPRequestHandler):
             return {"query": q, "results": [{"id": 1, "title": f"Result for {q}"}],
                     "version": self.server.live.running(service).version}
         return None
+
+    def _site(self) -> None:
+        """The frontend as CloudFront would serve it: the live bucket's current index.html."""
+        try:
+            data = site_index(self.server.live.s3)
+        except Exception as e:
+            return self._send(503, {"error": f"{type(e).__name__}: {e}"})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

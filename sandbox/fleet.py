@@ -13,6 +13,8 @@ What ``seed`` creates (idempotently):
   its manual snapshot ``pre-deploy-20251118-140000``, and the Secrets Manager secret
   ``rastup/prod/db`` the application reads its connection from (host = the instance's
   endpoint). moto has no database engine behind its instances: nothing answers SQL there.
+- The runbook's Lambda function ``rastup-search-indexer``: published versions 1..4 and alias
+  ``production`` on 4 (see ``sandbox.lambda_fleet``: moto numbers versions from 1, not 42).
 
 Every service has desiredCount ``DESIRED_COUNT``; moto must run with
 ``MOTO_ECS_SERVICE_RUNNING`` equal to it (see ``sandbox.moto_server``) so they look settled.
@@ -27,6 +29,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
+
+from sandbox.frontend_fleet import seed_frontend
+from sandbox.lambda_fleet import seed_lambda
 
 REGION = "us-east-1"
 CLUSTER = "rastup-prod"
@@ -73,6 +78,7 @@ class Fleet(BaseModel):
     db_port: int = 5432
     db_snapshot: str = DB_SNAPSHOT
     db_secret_id: str = DB_SECRET
+    distribution_id: str | None = None  # the frontend's CloudFront distribution
 
     def service_behind(self, target_group_arn: str) -> str:
         """The ECS service serving a target group of the blue/green pair."""
@@ -151,9 +157,12 @@ def seed(endpoint_url: str, region: str = REGION) -> Fleet:
     db_host, db_port = _ensure_db_instance(rds)
     _ensure_db_snapshot(rds)
     _ensure_db_secret(secrets, db_host, db_port)
+    seed_lambda(endpoint_url, region)  # rastup-search-indexer, versions 1..4, production on 4
+    distribution = seed_frontend(client("s3", endpoint_url, region), client("cloudfront", endpoint_url, region),
+                                 region)
     return Fleet(region=region, cluster=CLUSTER, listener_arn=listener,
                  blue_target_group_arn=blue_tg, green_target_group_arn=green_tg,
-                 db_endpoint=db_host, db_port=db_port)
+                 db_endpoint=db_host, db_port=db_port, distribution_id=distribution)
 
 
 def _ensure_cluster(ecs: Any) -> None:

@@ -113,7 +113,8 @@ def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> RunCa
     """The sandbox catalog with per-test service names; ``policy`` overrides the runbook's."""
     data = catalog_dict(aws.http_base, aws.fleet)
     suffix = uuid.uuid4().hex[:6]
-    data["services"] = {f"{k}-{suffix}": v for k, v in data["services"].items()}
+    for section in ("services", "sites", "functions"):
+        data[section] = {f"{k}-{suffix}": v for k, v in data.get(section, {}).items()}
     data["policy"] = policy or {}
     Catalog.model_validate(data)
     path = tmp_path / "catalog.yaml"

@@ -4,9 +4,9 @@ The worker runs as a real subprocess (``python worker.py``, as ``make run`` / th
 runs it) against the real Temporal dev server and the moto server of this pytest process,
 whose call counter proves that every intended AWS change was applied exactly once.
 
-The kills land while the workflow waits on a timer (between two gradual steps, and in the
-monitoring window), never mid-activity: an activity lost with its worker is only retried
-after its start-to-close timeout (2 minutes), which would make the test slow, not different.
+Two kills land while the workflow waits on a timer (between two gradual steps, and in the
+monitoring window); the third lands inside a long, heartbeating activity (a large S3 sync),
+whose retry on the new worker resumes from the last heartbeat.
 """
 
 from __future__ import annotations
@@ -170,3 +170,43 @@ async def test_kill_while_monitoring_then_restart_finishes_without_redeploying(
     assert (monitor.ended_at - monitor.started_at).total_seconds() >= 18
     assert all(c.ok for c in result.checks)
     assert time.monotonic() - started < 35
+
+
+async def test_kill_during_a_large_sync_resumes_from_the_heartbeat(dev_env, aws, tmp_path, spawn_worker):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.models import FrontendRollbackInput
+    from sandbox.frontend_fleet import SITE_BUCKET, VERSIONS_BUCKET
+    from workflows.frontend import FrontendRollback
+
+    n = 2000
+    s3 = aws.client("s3")
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=VERSIONS_BUCKET, Key=f"v9.9.9/assets/{i:05d}.js",
+                                              Body=f"// asset {i}".encode()), range(n)))
+    s3.put_object(Bucket=VERSIONS_BUCKET, Key="v9.9.9/index.html", Body=b"<h1>rastup v9.9.9</h1>")
+    catalog = write_catalog(tmp_path, aws, FAST_POLICY)
+    env = worker_env(dev_env, aws, catalog, task_queue=f"tq-sync-{uuid.uuid4().hex[:8]}")
+    first = spawn_worker(env)
+    handle = await dev_env.client.start_workflow(
+        FrontendRollback.run,
+        FrontendRollbackInput(site=catalog.name("web"), strategy="release_sync", to_release="v9.9.9",
+                              severity="SEV-2", requested_by="dana", reason="large release", monitor_minutes=0.05),
+        id=new_id("crash-sync"), task_queue=env["ROLLBACK_TASK_QUEUE"])
+    deadline = time.monotonic() + 60
+    while aws.faults.calls["CopyObject"] < 400:
+        assert time.monotonic() < deadline, f"the sync did not start; worker log:\n{log_of(tmp_path, 1)}"
+        await asyncio.sleep(0.05)
+    sigkill(first)
+    copied_before_kill = aws.faults.calls["CopyObject"]
+    assert copied_before_kill < n  # killed mid-sync
+
+    spawn_worker(env)
+    result = await result_of(handle, tmp_path, timeout=90)
+    assert result.phase.value == "succeeded", result.message
+    live = {o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket=SITE_BUCKET)
+            for o in p.get("Contents", [])}
+    assert live == {f"assets/{i:05d}.js" for i in range(n)} | {"index.html"}
+    assert result.extra["applied"]["resumed_after"]  # the retry started from the last heartbeat
+    # not started over: at most the chunk in flight at the kill is copied twice
+    assert aws.faults.calls["CopyObject"] <= n + 1 + 100

@@ -32,6 +32,13 @@ QUICK: dict[str, Any] = dict(
     schedule_to_close_timeout=timedelta(minutes=2),
     retry_policy=RETRY,
 )
+# A long, heartbeating job (copying a site): a lost worker is noticed within 15 s and the
+# retry resumes from the last heartbeat.
+LONG: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(hours=2),
+    heartbeat_timeout=timedelta(seconds=15),
+    retry_policy=RETRY,
+)
 # A notification: tried a few times, then recorded as failed; never blocks a rollback.
 NOTIFY: dict[str, Any] = dict(
     start_to_close_timeout=timedelta(seconds=20),

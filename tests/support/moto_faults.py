@@ -47,12 +47,29 @@ class FaultyMoto:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if target:
             return target.rsplit(".", 1)[-1]
+        rest = self._rest_action(environ)
+        if rest:
+            return rest
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         form = parse_qs(body.decode("utf-8", "replace")) if body else {}
         query = parse_qs(environ.get("QUERY_STRING", ""))
         return (form.get("Action") or query.get("Action") or [""])[0]
+
+    @staticmethod
+    def _rest_action(environ: dict) -> str | None:
+        """REST-style APIs (S3, CloudFront) name the action by method and path, not a header."""
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        if "/distribution/" in path and "/invalidation" in path:
+            if method == "POST":
+                return "CreateInvalidation"
+            return "GetInvalidation" if not path.rstrip("/").endswith("/invalidation") else "ListInvalidations"
+        if environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+            return "CopyObject"
+        if method == "DELETE" and path.strip("/").count("/") >= 1:
+            return "DeleteObject"
+        return None
 
     def wrap(self, app):
         def middleware(environ, start_response):
