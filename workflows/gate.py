@@ -124,7 +124,7 @@ class ApprovalGate:
             return self._refuse(d, at, f"{who} already approved; two approvals from one person count once")
         reqs = self._requirements()
         if not any(who in elig for _, _, elig in reqs):
-            if who == self.requester and who in self.people.everyone():
+            if who == self.requester:
                 return self._refuse(d, at, f"{who} requested this rollback and cannot approve it at "
                                            f"{self.severity}; ask: {', '.join(self._all_eligible())}")
             return self._refuse(d, at, f"{who} is not an eligible approver for this {self.severity} "

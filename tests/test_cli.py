@@ -1,0 +1,343 @@
+"""starter.py as the on-call engineer runs it: a subprocess against the real Temporal dev server,
+with an in-process worker and moto behind it. Assertions are on what a person sees: exit codes
+and messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from common.models import ServiceRollbackInput
+from sandbox import aws_env
+from tests.conftest import in_process_worker
+from tests.helpers import running_revision, wait_phase
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = (43, "v1.2.3")  # what the seeded fleet runs
+GOOD = (42, "v1.2.2")  # what a rollback returns it to
+START = ("--severity", "SEV-1", "--requested-by", "zoe", "--reason", "error rate after v1.2.3")
+
+
+def cli_env(dev_env, aws, catalog, task_queue: str = "no-worker-here", **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "ROLLBACK_"))}
+    env.update(aws_env(aws.endpoint_url))
+    env.update(TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+               ROLLBACK_TASK_QUEUE=task_queue, ROLLBACK_CATALOG=str(catalog.path), ROLLBACK_AWS="real",
+               COLUMNS="220")  # rich wraps at 80 columns when not on a terminal
+    env.update(overrides)
+    return env
+
+
+async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "starter.py", *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float = 30) -> tuple[int, str, str]:
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(f"starter.py did not exit within {timeout}s; stdout:\n{out.decode()}\n"
+                             f"stderr:\n{err.decode()}") from None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str, str]:
+    """Run ``starter.py *args`` without blocking the event loop (the worker runs in it)."""
+    return await finish(await spawn(*args, env=env), timeout)
+
+
+async def cli_until(*args: str, env: dict[str, str], until: Callable[[int, str, str], bool],
+                    timeout: float = 15) -> tuple[int, str, str]:
+    """Run a command until its output satisfies ``until`` (visibility is eventually consistent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await cli(*args, env=env)
+        if until(*result) or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.5)
+
+
+def row(out: str, wf_id: str) -> str:
+    """The line of a `list` table for one workflow id ('' if absent)."""
+    return next((line for line in out.splitlines() if f"{wf_id} " in line), "")
+
+
+def wid(service: str) -> str:
+    return f"rollback-service-{service}"
+
+
+async def stop(client: Client, *ids: str) -> None:
+    """Leave nothing running on the shared dev server, whatever the test did."""
+    for wf in ids:
+        try:
+            await client.get_workflow_handle(wf).terminate("test cleanup")
+        except RPCError:
+            pass  # not running
+
+
+async def test_start_approve_and_watch_until_rolled_back(dev_env, aws, fast_catalog):
+    svc = fast_catalog.api
+    async with in_process_worker(dev_env.client, fast_catalog) as worker:
+        env = cli_env(dev_env, aws, fast_catalog, worker.task_queue)
+        # someone follows it before it exists: the watch waits instead of failing
+        watcher = await spawn("status", svc, "--watch", env=env)
+        try:
+            line = (await asyncio.wait_for(watcher.stderr.readline(), 15)).decode()
+            assert f"waiting for {wid(svc)} to start" in line
+
+            code, out, err = await cli("start", svc, *START, "--monitor-minutes", "0.05", env=env)
+            assert code == 0, err
+            assert f"started {wid(svc)}" in out and f"status {svc} --watch" in out
+            assert "no worker" not in err
+
+            code, out, err = await cli("start", svc, *START, env=env)
+            assert code == 1
+            assert f"already running as workflow {wid(svc)}" in err
+
+            await wait_phase(dev_env.client.get_workflow_handle(wid(svc)), "awaiting_approval")
+            code, out, err = await cli("status", svc, env=env)
+            assert code == 0, err
+            assert "awaiting_approval" in out and "v1.2.3 -> v1.2.2" in out
+            assert "approval: approver (SEV-1): 0/1  eligible: alice, bob, carol" in out
+
+            code, out, err = await cli("approve", svc, "--as", "zoe", env=env)  # the requester
+            assert code == 1
+            assert out.startswith("NOT counted: zoe ")  # (zoe is not in the catalog's people)
+            assert "eligible: alice, bob, carol" in out
+            code, out, err = await cli("approve", svc, "--as", "mallory", env=env)
+            assert code == 1
+            assert out.startswith("NOT counted: mallory is not an eligible approver")
+            assert running_revision(aws) == BAD  # nothing changed before approval
+
+            code, out, err = await cli("approve", svc, "--as", "alice", "--comment", "go", env=env)
+            assert code == 0, err
+            assert out.startswith("counted: approval by alice counted; approved")
+
+            code, out, err = await finish(watcher, timeout=40)
+            assert code == 0, out + err
+            assert f"{svc}: awaiting_approval - waiting for 1 approver (SEV-1) of alice, bob, carol" in out
+            assert "succeeded" in out and f"{svc} rolled back to v1.2.2" in out
+            assert running_revision(aws) == GOOD
+
+            code, out, err = await cli("status", svc, "--json", env=env)
+            assert code == 0, err
+            s = json.loads(out)
+            assert s["phase"] == "succeeded" and s["to_version"] == "v1.2.2"
+            assert [r["approver"] for r in s["approvals"]["received"]] == ["alice"]
+            assert [r["approver"] for r in s["approvals"]["refused"]] == ["zoe", "mallory"]
+
+            code, out, err = await cli("approve", svc, "--as", "bob", env=env)  # too late
+            assert code == 1
+            assert f"rollback {wid(svc)} has already ended (completed)" in err
+        finally:
+            if watcher.returncode is None:
+                watcher.kill()
+                await watcher.wait()
+            await stop(dev_env.client, wid(svc))
+
+
+async def test_bad_input_is_refused_before_anything_starts(dev_env, aws, fast_catalog):
+    env = cli_env(dev_env, aws, fast_catalog)
+    svc, typo = fast_catalog.api, f"apl-{fast_catalog.suffix}"
+    (unknown, sev9, rollout, not_numbers, no_reason, zero_minutes, status_typo, watch_typo, status_none,
+     approve_none, cancel_none) = results = await asyncio.gather(
+        cli("start", typo, *START, env=env),
+        cli("start", svc, "--severity", "SEV-9", "--requested-by", "zoe", "--reason", "r", env=env),
+        cli("start", svc, *START, "--rollout", "50,70", env=env),
+        cli("start", svc, *START, "--rollout", "50,all", env=env),
+        cli("start", svc, "--severity", "SEV-1", "--requested-by", "zoe", env=env),
+        cli("start", svc, *START, "--monitor-minutes", "0", env=env),
+        cli("status", typo, env=env),
+        cli("status", typo, "--watch", env=env),  # a typo must not wait forever
+        cli("status", svc, env=env),
+        cli("approve", svc, "--as", "alice", env=env),
+        cli("cancel", svc, env=env),
+    )
+    code, out, err = unknown
+    assert code == 2
+    assert f"service '{typo}' is not in the catalog" in err
+    assert f"(known: {', '.join(sorted(fast_catalog.data['services']))})" in err
+
+    code, out, err = sev9
+    assert code == 2
+    assert "--severity: Input should be 'SEV-0', 'SEV-1', 'SEV-2', 'SEV-3' or 'SEV-4'" in err
+
+    code, out, err = rollout
+    assert code == 2
+    assert "--rollout (rollout_percentages): must be increasing percentages" in err and "end at 100" in err
+    code, out, err = not_numbers
+    assert code == 2
+    assert "argument --rollout: '50,all': expected whole percentages" in err
+
+    code, out, err = no_reason
+    assert code == 2
+    assert "the following arguments are required: --reason" in err
+    code, out, err = zero_minutes
+    assert code == 2
+    assert "--monitor-minutes (monitor_minutes): Input should be greater than 0" in err
+
+    for code, out, err in (status_typo, watch_typo):
+        assert code == 2
+        assert f"service '{typo}' is not in the catalog" in err
+    for code, out, err in (status_none, approve_none, cancel_none):
+        assert code == 2
+        assert f"no rollback workflow '{wid(svc)}'" in err
+
+    assert all("Traceback" not in err for code, out, err in results)
+    for name in (svc, typo):  # no workflow was started
+        try:
+            await dev_env.client.get_workflow_handle(wid(name)).describe()
+            raise AssertionError(f"{wid(name)} exists")
+        except RPCError as e:
+            assert e.status == RPCStatusCode.NOT_FOUND
+    assert running_revision(aws) == BAD and aws.faults.calls["UpdateService"] == 0
+
+
+async def test_reject_cancel_and_list(dev_env, aws, fast_catalog):
+    a, b = fast_catalog.api, fast_catalog.api_bg
+    ui_id = f"from-the-web-ui-{fast_catalog.suffix}"  # b is started from the Web UI, with an id of its own
+    async with in_process_worker(dev_env.client, fast_catalog) as worker:
+        env = cli_env(dev_env, aws, fast_catalog, worker.task_queue)
+        try:
+            code, out, err = await cli("start", a, *START, env=env)
+            assert code == 0, err
+            await dev_env.client.start_workflow("ServiceRollback", ServiceRollbackInput(
+                service=b, severity="SEV-1", requested_by="zoe", reason="from the UI"), id=ui_id,
+                task_queue=worker.task_queue)
+            for wf in (wid(a), ui_id):
+                await wait_phase(dev_env.client.get_workflow_handle(wf), "awaiting_approval")
+
+            code, out, err = await cli_until("list", env=env, until=lambda c, o, e: all(
+                "awaiting_approval" in row(o, wf) for wf in (wid(a), ui_id)))
+            assert code == 0, err
+            for wf, svc in ((wid(a), a), (ui_id, b)):
+                assert all(x in row(out, wf) for x in ("service", svc, "SEV-1", "awaiting_approval", "running")), out
+
+            # the per-target lock is a workflow too, but not a rollback
+            code, out, err = await cli("status", f"rollback-lock-service-{a}", env=env)
+            assert code == 2
+            assert f"workflow rollback-lock-service-{a} is not a rollback" in err
+
+            code, out, err = await cli("reject", a, "--as", "bob", "--reason", "fix forward instead", env=env)
+            assert code == 0, err
+            assert out.startswith("recorded: rejected by bob")
+            code, out, err = await cli_until("status", wid(a), env=env, until=lambda c, o, e: "rejected" in o)
+            assert code == 1
+            assert "rejected by bob: fix forward instead" in out
+
+            code, out, err = await cli("cancel", ui_id, env=env)
+            assert code == 0, err
+            assert f"cancel requested for {ui_id}" in out
+            assert f"{b}: cancelled - cancelled during awaiting_approval; no further changes were made" in out
+            code, out, err = await cli("status", ui_id, env=env)
+            assert code == 1
+            assert "cancelled" in out
+            code, out, err = await cli("cancel", ui_id, env=env)
+            assert code == 1
+            assert f"rollback {ui_id} has already ended (cancelled); nothing to cancel" in err
+
+            code, out, err = await cli_until("list", env=env, until=lambda c, o, e: not any(
+                row(o, wf) for wf in (wid(a), ui_id)))
+            assert code == 0 and not row(out, wid(a)) and not row(out, ui_id), out
+            code, out, err = await cli_until("list", "--all", env=env, until=lambda c, o, e: all(
+                row(o, wf) for wf in (wid(a), ui_id)))
+            assert code == 0, err
+            assert "rejected" in row(out, wid(a)) and "completed" in row(out, wid(a)), out
+            assert row(out, ui_id).count("cancelled") == 2, out  # phase and workflow state
+        finally:
+            await stop(dev_env.client, wid(a), ui_id)
+    assert running_revision(aws) == BAD and aws.faults.calls["UpdateService"] == 0
+
+
+async def test_escalate_and_approve_right_after_start(dev_env, aws, fast_catalog):
+    svc = fast_catalog.api
+    async with in_process_worker(dev_env.client, fast_catalog) as worker:
+        env = cli_env(dev_env, aws, fast_catalog, worker.task_queue)
+        try:
+            assert (await cli("start", svc, *START, env=env))[0] == 0
+            # no waiting: the incident got worse while the first steps run
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-9", "--as", "dana", env=env)
+            assert code == 2
+            assert "--severity: Input should be 'SEV-0'" in err
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-0", "--as", "dana", env=env)
+            assert code == 0, err
+            assert f"severity of {svc}: SEV-1 -> SEV-0; " in out
+            # an approver quicker than the first steps: the CLI waits for the approval step
+            code, out, err = await cli("approve", svc, "--as", "alice", env=env)
+            assert code == 0, err
+            assert out.startswith("counted: approval by alice counted; still waiting for: 1 approver (SEV-0)")
+
+            code, out, err = await cli("status", svc, "--json", env=env)
+            assert code == 0, err
+            s = json.loads(out)
+            assert s["severity"] == "SEV-0" and s["phase"] == "awaiting_approval"
+            assert [(r["label"], r["count"], r["met_by"]) for r in s["approvals"]["required"]] == [
+                ("approver (SEV-0)", 2, ["alice"])]
+            code, out, err = await cli("status", svc, env=env)
+            assert code == 0 and "approval: approver (SEV-0): 1/2 (by alice)  eligible: alice, bob, carol" in out
+
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-1", "--as", "dana", env=env)
+            assert code == 0, err
+            assert f"severity of {svc}: SEV-0 -> SEV-1; " in out  # alice's approval now suffices
+            await wait_phase(dev_env.client.get_workflow_handle(wid(svc)), "monitoring")  # 30 minutes of it
+            code, out, err = await cli("cancel", svc, env=env)
+            assert code == 0, err
+            assert f"{svc}: cancelled - cancelled during monitoring; no further changes were made" in out
+            assert running_revision(aws) == GOOD  # cancelling never moves traffic back to the bad version
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-4", "--as", "dana", env=env)
+            assert code == 1
+            assert "has already ended (cancelled); nothing to escalate" in err
+        finally:
+            await stop(dev_env.client, wid(svc))
+
+
+async def test_no_worker_is_flagged_at_start_and_by_status(dev_env, aws, fast_catalog):
+    svc, queue = fast_catalog.api, f"nobody-{fast_catalog.suffix}"
+    env = cli_env(dev_env, aws, fast_catalog, task_queue=queue)
+    try:
+        code, out, err = await cli("start", svc, *START, env=env)
+        assert code == 0, err
+        assert f"started {wid(svc)}" in out
+        assert f"warning: no worker is polling task queue '{queue}'; the rollback will not move" in err
+        desc = await dev_env.client.get_workflow_handle(wid(svc)).describe()
+        assert desc.status == WorkflowExecutionStatus.RUNNING
+
+        code, out, err = await cli("status", svc, env=env)  # the worker is down: say so, do not hang
+        assert code == 3
+        assert f"no worker answered about {wid(svc)} within a few seconds: is the rollback worker running" in err
+        assert f"task queue '{queue}'" in err
+    finally:
+        await stop(dev_env.client, wid(svc))
+
+
+async def test_temporal_unreachable_says_how_to_fix_it(dev_env, aws, fast_catalog):
+    env = cli_env(dev_env, aws, fast_catalog, TEMPORAL_ADDRESS="127.0.0.1:1")
+    local = cli_env(dev_env, aws, fast_catalog, ROLLBACK_DEV_SERVER_PORT="1")
+    del local["TEMPORAL_ADDRESS"]  # the default: the local dev server 'make run' starts
+    svc = fast_catalog.api
+    results = await asyncio.gather(cli("status", svc, env=env), cli("start", svc, *START, env=env),
+                                   cli("list", env=env), cli("approve", svc, "--as", "alice", env=local))
+    for code, out, err in results:
+        assert code == 3, (out, err)
+        assert "cannot reach Temporal at 127.0.0.1:1 (namespace default): Connection refused." in err
+        assert "Traceback" not in err
+    for code, out, err in results[:3]:
+        assert "To fix: check that the Temporal frontend at TEMPORAL_ADDRESS=127.0.0.1:1 is up" in err
+    assert "To fix: TEMPORAL_ADDRESS is not set, so this is the local dev server: start it with 'make run'" \
+        in results[3][2]
+    # bad input is still reported as bad input, before any connection is tried
+    code, out, err = await cli("start", svc, "--severity", "SEV-9", "--requested-by", "zoe", "--reason", "r", env=env)
+    assert code == 2 and "--severity" in err
