@@ -29,6 +29,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -46,7 +47,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog import CatalogError, UnknownTarget, load_catalog
 from common.models import (
-    FINAL_PHASES, DecisionOutcome, DecisionRequest, Escalation, Phase, RollbackStatus, ServiceRollbackInput,
+    FINAL_PHASES, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Escalation, FrontendRollbackInput, Phase,
+    RollbackStatus, ServiceRollbackInput,
 )
 from common.settings import Settings
 from common.temporal import KIND, PHASE, SEVERITY, TARGET, connect
@@ -58,6 +60,8 @@ err = Console(stderr=True, soft_wrap=True)
 # kind -> (workflow type, input model, the input field naming the target)
 PROCEDURES: dict[str, tuple[str, type, str]] = {
     "service": ("ServiceRollback", ServiceRollbackInput, "service"),
+    "database": ("DatabaseRollback", DatabaseRollbackInput, "database"),
+    "frontend": ("FrontendRollback", FrontendRollbackInput, "site"),
 }
 # input field -> the option a person typed, so errors name what they can fix
 FLAGS = {"severity": "--severity", "requested_by": "--requested-by", "reason": "--reason",
@@ -264,9 +268,18 @@ def one_line(s: RollbackStatus) -> str:
 # --- commands --------------------------------------------------------------------------
 
 def start_fields(a: argparse.Namespace) -> dict[str, Any]:
-    return dict(service=a.target, to_version=a.to_version, severity=a.severity, requested_by=a.requested_by,
-                reason=a.reason, dry_run=a.dry_run or None, monitor_minutes=a.monitor_minutes,
-                rollout_percentages=a.rollout)
+    """The request as the workflow takes it: common flags, the kind's own flags, then --set K=V."""
+    _, _, target_field = PROCEDURES[a.kind]
+    fields: dict[str, Any] = {target_field: a.target, "severity": a.severity, "requested_by": a.requested_by,
+                              "reason": a.reason, "dry_run": a.dry_run or None,
+                              "monitor_minutes": a.monitor_minutes, "to_version": a.to_version,
+                              "rollout_percentages": a.rollout}
+    for item in a.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--set {item!r}: expected KEY=VALUE, e.g. --set mode=snapshot_restore")
+        fields[key.strip()] = yaml.safe_load(value) if value else None
+    return fields
 
 
 async def worker_polling(client: Client, task_queue: str) -> bool:
@@ -278,14 +291,14 @@ async def worker_polling(client: Client, task_queue: str) -> bool:
 
 async def cmd_start(client: Client, settings: Settings, a: argparse.Namespace) -> int:
     request = a.request  # validated in main(), before connecting
-    handle = await start_rollback(client, "service", request, settings.task_queue)
+    handle = await start_rollback(client, a.kind, request, settings.task_queue)
     console.print(f"started [bold]{handle.id}[/bold] ({escape(request.severity)}, requested by "
                   f"{escape(request.requested_by)}); follow it: starter.py status {escape(a.target)} --watch")
     if not await worker_polling(client, settings.task_queue):
         err.print(f"[yellow]warning:[/yellow] no worker is polling task queue {settings.task_queue!r}; the rollback "
                   "will not move until one does. Start it with 'make run' or check ROLLBACK_TASK_QUEUE.")
     if a.wait:
-        return await cmd_status(client, settings, argparse.Namespace(target=a.target, kind="service",
+        return await cmd_status(client, settings, argparse.Namespace(target=a.target, kind=a.kind,
                                                                      watch=True, json=False))
     return 0
 
@@ -482,7 +495,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--kind", default="service", choices=sorted(PROCEDURES), help="procedure (default service)")
         return sp
 
-    s = targeted("start", "start a service rollback")
+    s = targeted("start", "start a rollback (--kind service|database|frontend)")
     s.add_argument("--severity", required=True, help="SEV-0 .. SEV-4")
     s.add_argument("--requested-by", required=True)
     s.add_argument("--reason", required=True)
@@ -490,6 +503,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rollout", type=percentages, help="gradual percentages for blue/green services, e.g. 50,100")
     s.add_argument("--monitor-minutes", type=float)
     s.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any other input field of the procedure, e.g. --set mode=snapshot_restore "
+                        "--set snapshot_id=pre-deploy-20251118-140000 (values are YAML)")
     s.add_argument("--wait", action="store_true", help="follow it until it ends")
     for name in ("approve", "reject"):
         d = targeted(name, f"{name} a rollback waiting for approval")
@@ -532,7 +548,7 @@ async def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "start":  # bad input is reported even when Temporal is down
-            args.request = build_request("service", start_fields(args), settings)
+            args.request = build_request(args.kind, start_fields(args), settings)
         try:
             client = await connect(settings)
         except RuntimeError as e:  # what Client.connect raises when nothing answers

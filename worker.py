@@ -23,14 +23,17 @@ from temporalio.worker import Worker
 
 from activities.aws import AwsClients
 from activities.catalog import CatalogActivities
+from activities.cloudfront import CloudFrontActivities
 from activities.ecs import EcsActivities, EcsTaskActivities
 from activities.migrations import plan_migration_rollback, run_migration_command
 from activities.postgres import sql_values
 from activities.rds import RdsActivities
 from activities.route53 import Route53Activities
+from activities.s3 import S3Activities
 from activities.secrets import SecretsActivities
 from activities.elbv2 import Elbv2Activities
 from activities.http_checks import check_http
+from activities.lambda_fn import LambdaActivities
 from activities.metrics import CloudWatchActivities
 from activities.notify import NotifyActivities
 from activities.temporal_locks import LockActivities
@@ -40,12 +43,14 @@ from common.logging import configure
 from common.settings import Settings
 from common.temporal import connect, ensure_search_attributes
 from workflows.database import DatabaseRollback
+from workflows.frontend import FrontendRollback
+from workflows.lambda_fn import LambdaRollback
 from workflows.lock import TargetLock
 from workflows.service import ServiceRollback
 
 log = structlog.get_logger("worker")
 
-WORKFLOWS = [ServiceRollback, DatabaseRollback, TargetLock]
+WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, TargetLock]
 
 
 def activities(client: Client, settings: Settings, catalog_path: Path, task_queue: str) -> list:
@@ -53,6 +58,8 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
     ecs, elbv2, cw = EcsActivities(aws), Elbv2Activities(aws), CloudWatchActivities(aws)
     locks = LockActivities(client, task_queue)
     tasks, rds = EcsTaskActivities(aws), RdsActivities(aws)
+    s3, cf = S3Activities(aws), CloudFrontActivities(aws)
+    lam = LambdaActivities(aws)
     return [
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
@@ -65,6 +72,9 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         rds.describe_instance, rds.find_instance, rds.list_snapshots, rds.restore_from_snapshot,
         SecretsActivities(aws).point_secret_at, Route53Activities(aws).upsert_cname,
         sql_values, plan_migration_rollback, run_migration_command,
+        s3.plan_release_sync, s3.apply_release_sync, s3.plan_object_versions, s3.apply_object_versions,
+        s3.read_object, cf.create_invalidation, cf.invalidation_done,
+        lam.list_function_versions, lam.get_function_alias, lam.point_function_alias, lam.invoke_function,
     ]
 
 

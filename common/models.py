@@ -145,12 +145,10 @@ class LambdaRollbackInput(RollbackRequest):
         if (self.function is None) == (self.functions is None):
             raise ValueError("give function (one) or functions (a fleet), not both and not neither")
         if self.functions is not None:
-            names = [n.strip() for n in self.functions]
-            if not names or any(not n for n in names):
+            if not self.functions or any(not n for n in self.functions):
                 raise ValueError("functions must list at least one non-empty catalog name")
-            if len(set(names)) != len(names):
+            if len(set(self.functions)) != len(self.functions):
                 raise ValueError("functions lists a name twice")
-            self.functions = names
             if self.to_version is not None:
                 raise ValueError("to_version applies to one function (versions are numbered per function); "
                                  "leave it out for a fleet: each function goes back to its previous version")

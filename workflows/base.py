@@ -53,7 +53,8 @@ class RollbackWorkflow:
         self.gate: ApprovalGate | None = None
         self.catalog: Catalog | None = None
         self._early: list[tuple[str, Decision]] = []
-        self._lock_id: str | None = None
+        self._early_escalations: list[Escalation] = []
+        self._lock_ids: list[str] = []  # usually one; a fleet rollback also locks each member
 
     @property
     def s(self) -> RollbackStatus:
@@ -92,7 +93,10 @@ class RollbackWorkflow:
     @workflow.signal
     def escalate(self, e: Escalation) -> None:
         """Change the severity (e.g. the incident got worse); the approval requirement follows."""
-        if self._status is None or self._status.phase in FINAL_PHASES:
+        if self._status is None:
+            self._early_escalations.append(e)  # arrived with the start: applied once the status exists
+            return
+        if self._status.phase in FINAL_PHASES:
             return
         old = self.s.severity
         self.s.severity = e.severity
@@ -134,6 +138,8 @@ class RollbackWorkflow:
         ])
         self._event(f"{self.kind} rollback of {target} requested by {request.requested_by} "
                     f"({request.severity}): {request.reason}")
+        for e in self._early_escalations:
+            self.escalate(e)
         try:
             self.catalog = await call(CatalogActivities.load_catalog)
             if not request.dry_run and not await self._acquire_lock(target):
@@ -242,6 +248,7 @@ class RollbackWorkflow:
                            f"{what}. Workflow: {self.s.workflow_id}")
 
     async def _acquire_lock(self, target: str) -> bool:
+        """Take the lock of ``target`` (released when the rollback ends); False and a message if held."""
         info = workflow.info()
         lock_id = f"rollback-lock-{self.kind}-{target}"
         result = await call(LockActivities.acquire_lock, LockRequest(
@@ -249,7 +256,7 @@ class RollbackWorkflow:
             holder=LockHolder(workflow_id=info.workflow_id, run_id=info.run_id,
                               description=f"{self.kind} rollback of {target} by {self.s.requested_by}")))
         if result.acquired:
-            self._lock_id = lock_id
+            self._lock_ids.append(lock_id)
             return True
         holder = result.holder
         self.s.message = (f"refused: another rollback of {self.kind} {target!r} is in flight: workflow "
@@ -258,13 +265,45 @@ class RollbackWorkflow:
         return False
 
     async def _release_lock(self) -> None:
-        if self._lock_id is None:
-            return
+        while self._lock_ids:
+            lock_id = self._lock_ids.pop()
+            try:
+                await workflow.get_external_workflow_handle(lock_id).signal("release")
+            except Exception as e:  # the lock also frees itself when its holder ends
+                workflow.logger.warning("could not release %s: %s", lock_id, e)
+
+    async def shift_in_steps(self, percentages: list[int], step: str, apply: Callable[[int], Awaitable[None]],
+                             check: Callable[[], Awaitable[list[CheckResult]]]) -> list[int]:
+        """A gradual rollback (runbook: "Wait 5 minutes, monitor metrics"): ``apply`` each
+        percentage in turn; before each next one, wait the policy's gradual_step_wait_minutes
+        (a durable timer) and ``check``. A failed check holds traffic where it is and asks a
+        human (``pause``). Returns the percentages applied."""
+        assert self.catalog is not None
+        done: list[int] = []
+        for i, pct in enumerate(percentages):
+            if i > 0:
+                await workflow.sleep(timedelta(minutes=self.catalog.policy.gradual_step_wait_minutes))
+                results = await check()
+                self.s.checks = results
+                failed = [r for r in results if r.ok is False]
+                if failed:
+                    await self.pause(step, pct, done[-1], failed)
+                    self.set_phase(Phase.rolling_back)
+            await apply(pct)
+            done.append(pct)
+        return done
+
+    async def pause(self, step: str, next_pct: int, at_pct: int, failed: list[CheckResult]) -> None:
+        """A check failed between gradual steps: hold traffic where it is and ask a human.
+        Raises StepFailed (traffic left where it is) if the answer is no or does not come."""
+        why = "; ".join(f"{r.name}: {r.detail}" for r in failed)
         try:
-            await workflow.get_external_workflow_handle(self._lock_id).signal("release")
-        except Exception as e:  # the lock also frees itself when its holder ends
-            workflow.logger.warning("could not release %s: %s", self._lock_id, e)
-        self._lock_id = None
+            await self.approval(context=f"continue to {next_pct}%? traffic is held at {at_pct}% because {why}",
+                                step=step + f" (paused at {at_pct}%)", auto_approve_requester=False,
+                                waiting_phase=Phase.paused)
+        except GateClosed:
+            raise StepFailed(f"gradual rollback stopped at {at_pct}% after a failed check ({why}); "
+                             "traffic was left where it is") from None
 
     async def monitor(self, minutes: float, interval_minutes: float,
                       check: Callable[[], Awaitable[list[CheckResult]]]) -> str:

@@ -12,7 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.elbv2 import Elbv2Activities, Weights
     from common.catalog import EcsRef, Service, Stage
     from common.models import CheckResult, Phase, RollbackStatus, ServiceRollbackInput
-    from workflows.base import GateClosed, RollbackWorkflow
+    from workflows.base import RollbackWorkflow
     from workflows.checks import endpoint_probes, http_checks, metric_checks
     from workflows.options import call
     from workflows.timeline import StepFailed
@@ -168,35 +168,18 @@ class ServiceRollback(RollbackWorkflow):
         await call(EcsActivities.deploy_task_definition,
                    DeployRequest(ecs=standby.ecs, task_definition_arn=target.arn))
         await self._wait_settled(standby.ecs, target)
-        done: list[int] = []
-        for i, pct in enumerate(percentages):
-            if i > 0:
-                await workflow.sleep(timedelta(minutes=policy.gradual_step_wait_minutes))
-                results = await metric_checks(svc.metrics, svc.alarms, target.version, policy)
-                self.s.checks = results
-                failed = [r for r in results if r.ok is False]
-                if failed:
-                    await self._pause(pct, done[-1], failed)
-                    self.set_phase(Phase.rolling_back)
+
+        async def shift(pct: int) -> None:
             await call(Elbv2Activities.set_weights, Weights(
                 listener_arn=bg.listener_arn,
                 weights={standby.target_group_arn: pct, live.target_group_arn: 100 - pct}))
-            done.append(pct)
             self._event(f"traffic: {pct}% on {target.version} ({standby.ecs.service})")
             self.s.extra["rollout_percentage"] = pct
             self._publish()
-        return f"traffic shifted in steps {done} to {standby.ecs.service} on {target.version}"
 
-    async def _pause(self, next_pct: int, at_pct: int, failed: list[CheckResult]) -> None:
-        """A check failed between steps: hold traffic where it is and ask a human."""
-        why = "; ".join(f"{r.name}: {r.detail}" for r in failed)
-        try:
-            await self.approval(context=f"continue to {next_pct}%? traffic is held at {at_pct}% because {why}",
-                                step=EXECUTE + f" (paused at {at_pct}%)", auto_approve_requester=False,
-                                waiting_phase=Phase.paused)
-        except GateClosed:
-            raise StepFailed(f"gradual rollback stopped at {at_pct}% after a failed check ({why}); "
-                             "traffic was left where it is") from None
+        done = await self.shift_in_steps(percentages, EXECUTE, shift,
+                                         lambda: metric_checks(svc.metrics, svc.alarms, target.version, policy))
+        return f"traffic shifted in steps {done} to {standby.ecs.service} on {target.version}"
 
     async def _validate(self, svc: Service, version: str) -> str:
         policy = self.catalog.policy  # type: ignore[union-attr]

@@ -1,0 +1,187 @@
+"""Lambda: published versions, an alias (its version and routing weights), and invocations.
+
+Runbook section 5: ``aws lambda list-versions-by-function``, ``update-alias``, ``get-alias``.
+A function or alias that does not exist is a non-retryable ``NotFound`` naming what does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.aws import AwsClients, aws_call
+
+SHOWN = 20  # names listed in a NotFound message; the rest are counted
+
+
+class FunctionRef(BaseModel):
+    function_name: str
+    alias: str = "production"
+
+
+class FunctionVersion(BaseModel):
+    version: str  # "1", "2", ...: published versions are numbered per function from 1
+    description: str = ""
+    last_modified: str = ""
+    code_sha256: str = ""
+
+
+class AliasState(BaseModel):
+    function_name: str
+    alias: str
+    function_version: str  # the primary version ("$LATEST" is possible, but not for a rollback)
+    weights: dict[str, float] = Field(default_factory=dict, description="AdditionalVersionWeights")
+
+
+class AliasTarget(BaseModel):
+    """Where the alias should point: its primary version plus extra versions' traffic shares."""
+
+    function_name: str
+    alias: str
+    function_version: str
+    weights: dict[str, float] = Field(default_factory=dict, description="empty: no routing (all primary)")
+
+
+class Invocation(BaseModel):
+    function_name: str
+    qualifier: str  # the alias (or a version)
+    payload: dict | list | None = None
+
+
+class InvokeResult(BaseModel):
+    status_code: int
+    function_error: str | None = None
+    executed_version: str | None = None
+    payload: str = ""  # the answer, cut to 1000 characters
+
+
+def _missing(e: ClientError) -> bool:
+    return e.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:SHOWN]) or "none"
+    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+
+
+def _state(a: dict[str, Any], function_name: str) -> AliasState:
+    weights = (a.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+    return AliasState(function_name=function_name, alias=a["Name"], function_version=a["FunctionVersion"],
+                      weights={str(k): float(v) for k, v in weights.items()})
+
+
+class LambdaActivities:
+    def __init__(self, aws: AwsClients) -> None:
+        self._aws = aws
+
+    # --- what exists (for NotFound messages) -----------------------------------------
+
+    def _function_names(self) -> list[str]:
+        with aws_call("lambda list-functions"):
+            pages = self._aws("lambda").get_paginator("list_functions").paginate()
+            return sorted(f["FunctionName"] for page in pages for f in page.get("Functions", []))
+
+    def _no_function(self, name: str) -> ApplicationError:
+        return ApplicationError(
+            f"Lambda function {name!r} not found (functions in this account and region: "
+            f"{_names(self._function_names())}); fix function_name in the catalog",
+            type="NotFound", non_retryable=True)
+
+    def _alias_names(self, name: str) -> list[str]:
+        with aws_call(f"lambda list-aliases {name}"):
+            try:
+                pages = self._aws("lambda").get_paginator("list_aliases").paginate(FunctionName=name)
+                return sorted(a["Name"] for page in pages for a in page.get("Aliases", []))
+            except ClientError as e:
+                if _missing(e):
+                    raise self._no_function(name) from None
+                raise
+
+    def _published(self, name: str) -> list[FunctionVersion]:
+        versions: list[FunctionVersion] = []
+        with aws_call(f"lambda list-versions-by-function {name}"):
+            try:
+                pages = self._aws("lambda").get_paginator("list_versions_by_function").paginate(FunctionName=name)
+                for page in pages:
+                    versions += [FunctionVersion(version=v["Version"], description=v.get("Description", ""),
+                                                 last_modified=v.get("LastModified", ""),
+                                                 code_sha256=v.get("CodeSha256", ""))
+                                 for v in page.get("Versions", [])]
+            except ClientError as e:
+                if _missing(e):
+                    raise self._no_function(name) from None
+                raise
+        if not versions:  # real Lambda always lists $LATEST; moto answers [] for a missing function
+            raise self._no_function(name)
+        return versions
+
+    # --- activities ------------------------------------------------------------------
+
+    @activity.defn
+    def list_function_versions(self, function_name: str) -> list[FunctionVersion]:
+        """The function's published versions, newest first ($LATEST left out: not a release)."""
+        versions = [v for v in self._published(function_name) if v.version.isdigit()]
+        return sorted(versions, key=lambda v: int(v.version), reverse=True)
+
+    @activity.defn
+    def get_function_alias(self, ref: FunctionRef) -> AliasState:
+        with aws_call(f"lambda get-alias {ref.function_name} {ref.alias}"):
+            try:
+                a = self._aws("lambda").get_alias(FunctionName=ref.function_name, Name=ref.alias)
+            except ClientError as e:
+                if not _missing(e):
+                    raise
+                known = self._alias_names(ref.function_name)  # NotFound for the function itself
+                raise ApplicationError(
+                    f"alias {ref.alias!r} of Lambda function {ref.function_name!r} not found "
+                    f"(its aliases: {_names(known)}); pass alias= with one of them",
+                    type="NotFound", non_retryable=True) from None
+        return _state(a, ref.function_name)
+
+    @activity.defn
+    def point_function_alias(self, to: AliasTarget) -> bool:
+        """Point the alias at a version with these routing weights. Idempotent: returns False
+        (and calls nothing) when it already is so."""
+        now = self.get_function_alias(FunctionRef(function_name=to.function_name, alias=to.alias))
+        if now.function_version == to.function_version and now.weights == to.weights:
+            activity.logger.info("alias %s:%s already on %s %s; nothing to do", to.function_name, to.alias,
+                                 to.function_version, to.weights)
+            return False
+        with aws_call(f"lambda update-alias {to.function_name} {to.alias} --function-version {to.function_version}"):
+            try:
+                # An empty AdditionalVersionWeights clears the routing: all traffic on the primary.
+                self._aws("lambda").update_alias(
+                    FunctionName=to.function_name, Name=to.alias, FunctionVersion=to.function_version,
+                    RoutingConfig={"AdditionalVersionWeights": to.weights})
+            except ClientError as e:
+                if not _missing(e):
+                    raise
+                published = [v.version for v in self.list_function_versions(to.function_name)]
+                raise ApplicationError(
+                    f"version {to.function_version} (or {', '.join(to.weights) or 'no other'}) of "
+                    f"{to.function_name!r} not found (published: {_names(sorted(published, key=int))})",
+                    type="NotFound", non_retryable=True) from None
+        activity.logger.info("alias %s:%s now on %s %s", to.function_name, to.alias, to.function_version, to.weights)
+        return True
+
+    @activity.defn
+    def invoke_function(self, inv: Invocation) -> InvokeResult:
+        """One synchronous invocation (a smoke test): the answer, and whether the function errored."""
+        body = json.dumps(inv.payload if inv.payload is not None else {}).encode()
+        with aws_call(f"lambda invoke {inv.function_name}:{inv.qualifier}"):
+            try:
+                resp = self._aws("lambda").invoke(FunctionName=inv.function_name, Qualifier=inv.qualifier,
+                                                  Payload=body)
+            except ClientError as e:
+                if _missing(e):
+                    raise ApplicationError(f"cannot invoke {inv.function_name}:{inv.qualifier}: not found",
+                                           type="NotFound", non_retryable=True) from None
+                raise
+            payload = resp["Payload"].read().decode("utf-8", "replace") if resp.get("Payload") else ""
+        return InvokeResult(status_code=resp.get("StatusCode", 0), function_error=resp.get("FunctionError"),
+                            executed_version=resp.get("ExecutedVersion"), payload=payload[:1000])
