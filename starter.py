@@ -47,8 +47,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog import CatalogError, UnknownTarget, load_catalog
 from common.models import (
-    FINAL_PHASES, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Escalation, FrontendRollbackInput, Phase,
-    RollbackStatus, ServiceRollbackInput,
+    FINAL_PHASES, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Escalation, FrontendRollbackInput,
+    LambdaRollbackInput, Phase, RollbackStatus, ServiceRollbackInput,
 )
 from common.settings import Settings
 from common.temporal import KIND, PHASE, SEVERITY, TARGET, connect
@@ -62,7 +62,10 @@ PROCEDURES: dict[str, tuple[str, type, str]] = {
     "service": ("ServiceRollback", ServiceRollbackInput, "service"),
     "database": ("DatabaseRollback", DatabaseRollbackInput, "database"),
     "frontend": ("FrontendRollback", FrontendRollbackInput, "site"),
+    "lambda": ("LambdaRollback", LambdaRollbackInput, "function"),
 }
+# kind -> the catalog's lookup method for that kind's targets
+CATALOG_LOOKUP = {"service": "service", "database": "database", "frontend": "site", "lambda": "function"}
 # input field -> the option a person typed, so errors name what they can fix
 FLAGS = {"severity": "--severity", "requested_by": "--requested-by", "reason": "--reason",
          "to_version": "--to-version", "rollout_percentages": "--rollout", "monitor_minutes": "--monitor-minutes",
@@ -107,9 +110,15 @@ def check_target(settings: Settings, kind: str, target: str) -> None:
     if catalog is None or target.startswith("rollback-"):
         return
     try:
-        getattr(catalog, kind)(target)
+        for name in target.split(","):  # a Lambda fleet names several functions
+            getattr(catalog, CATALOG_LOOKUP[kind])(name)
     except UnknownTarget as e:
         raise CliError(str(e)) from None
+
+
+def target_of(request: Any, target_field: str) -> str:
+    """What the rollback acts on: the target field, or the model's own ``target`` (a Lambda fleet)."""
+    return getattr(request, "target", None) or getattr(request, target_field)
 
 
 def build_request(kind: str, fields: dict[str, Any], settings: Settings) -> Any:
@@ -119,7 +128,7 @@ def build_request(kind: str, fields: dict[str, Any], settings: Settings) -> Any:
         request = model.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as e:
         raise CliError(_describe_validation(e)) from None
-    check_target(settings, kind, getattr(request, target_field))
+    check_target(settings, kind, target_of(request, target_field))
     return request
 
 
@@ -132,7 +141,7 @@ async def start_rollback(client: Client, kind: str, request: Any, task_queue: st
                          wf_id: str | None = None) -> WorkflowHandle:
     """Start a rollback with the one-per-target workflow id; refuse if one is running."""
     wf_type, _, target_field = PROCEDURES[kind]
-    target = getattr(request, target_field)
+    target = target_of(request, target_field)
     wf_id = wf_id or workflow_id(kind, target)
     try:
         return await client.start_workflow(
@@ -495,7 +504,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--kind", default="service", choices=sorted(PROCEDURES), help="procedure (default service)")
         return sp
 
-    s = targeted("start", "start a rollback (--kind service|database|frontend)")
+    s = targeted("start", "start a rollback (--kind service|database|frontend|lambda)")
     s.add_argument("--severity", required=True, help="SEV-0 .. SEV-4")
     s.add_argument("--requested-by", required=True)
     s.add_argument("--reason", required=True)
