@@ -180,6 +180,15 @@ class Escalation(Input):
     comment: str = ""
 
 
+class Evidence(Input):
+    """Why someone (an alert, a check) thinks this target needs rolling back; repeats are kept."""
+
+    source: str = Field(min_length=1, description="e.g. alertmanager, grafana, auto-rollback")
+    summary: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    at: datetime | None = None
+
+
 class DecisionRequest(Decision):
     """Update payload: approve or reject and learn at once whether it counted."""
 
@@ -295,6 +304,7 @@ class RollbackStatus(BaseModel):
     checks: list[CheckResult] = Field(default_factory=list)
     regressions: list[CheckResult] = Field(default_factory=list)
     plan: list[str] = Field(default_factory=list)
+    evidence: list[Evidence] = Field(default_factory=list, description="alerts that asked for this rollback")
     events: list[Event] = Field(default_factory=list)
     message: str = ""
     report: str = Field("", description="the final report (Markdown), set when the rollback ends")

@@ -69,6 +69,10 @@ class Policy(BaseModel):
     matrix: dict[Severity, SeverityRule] = Field(default_factory=lambda: dict(DEFAULT_MATRIX))
     thresholds: Thresholds = Field(default_factory=Thresholds)
     approval_timeout_minutes: float = Field(240, gt=0)
+    # Runbook "Automation": the auto-rollback job rolls back on a high error rate without waiting.
+    # Requesters listed here skip the severity's approval (extra requirements, e.g. a DBA, still apply).
+    automation_may_proceed: list[str] = Field(
+        default_factory=lambda: ["auto-rollback:error-rate", "alertmanager:high-error-rate"])
     # Reminder cadence while waiting when the matrix says "Immediate" (0) or nothing.
     min_reminder_minutes: float = Field(1, gt=0)
     standard_reminder_minutes: float = Field(60, gt=0)

@@ -79,3 +79,13 @@ def test_extra_requirement_needs_a_different_person():
 def test_default_policy_is_the_runbook_matrix(sev, n):
     assert Policy().rule(sev).approvals == n
     assert Policy().rule(sev).approver_role == ("approvers" if sev in ("SEV-0", "SEV-1") else "on_call")
+
+
+def test_automation_listed_in_the_policy_proceeds_but_extra_requirements_stay():
+    g = gate("SEV-3", requester="auto-rollback:error-rate")
+    assert g.approve_at_start(NOW) and g.view.satisfied
+    g = gate("SEV-3", requester="alertmanager:some-other-rule")
+    assert not g.approve_at_start(NOW) and not g.view.satisfied
+    g = gate("SEV-3", requester="auto-rollback:error-rate", extra=[ExtraRequirement(role="dbas")])
+    g.approve_at_start(NOW)
+    assert not g.view.satisfied and g.view.eligible == ["erin"]

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.temporal_locks import LockActivities, LockHolder, LockRequest
     from common.catalog import Catalog, UnknownTarget
     from common.models import (
-        FINAL_PHASES, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation, Phase,
+        FINAL_PHASES, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation, Evidence, Phase,
         Refusal, RollbackRequest, RollbackStatus,
     )
     from common.temporal import KIND, PHASE, SEVERITY, TARGET
@@ -54,6 +54,7 @@ class RollbackWorkflow:
         self.catalog: Catalog | None = None
         self._early: list[tuple[str, Decision]] = []
         self._early_escalations: list[Escalation] = []
+        self._early_evidence: list[Evidence] = []
         self._lock_ids: list[str] = []  # usually one; a fleet rollback also locks each member
 
     @property
@@ -89,6 +90,16 @@ class RollbackWorkflow:
         if self.gate is None or not self.gate.open:
             phase = self._status.phase.value if self._status else "starting"
             raise ValueError(f"no approval is pending for this rollback (phase: {phase})")
+
+    @workflow.signal
+    def add_evidence(self, e: Evidence) -> None:
+        """An alert (or a repeat of one) about this target: kept in the status, changes nothing."""
+        if self._status is None:
+            self._early_evidence.append(e)
+            return
+        self.s.evidence.append(e)
+        self._event(f"evidence from {e.source}: {e.summary}" if e.summary else f"evidence from {e.source}")
+        self._publish()
 
     @workflow.signal
     def escalate(self, e: Escalation) -> None:
@@ -140,6 +151,8 @@ class RollbackWorkflow:
                     f"({request.severity}): {request.reason}")
         for e in self._early_escalations:
             self.escalate(e)
+        for ev in self._early_evidence:
+            self.add_evidence(ev)
         try:
             self.catalog = await call(CatalogActivities.load_catalog)
             if not request.dry_run and not await self._acquire_lock(target):
