@@ -18,7 +18,7 @@ WORKDIR /app
 # Only what the package needs (no .git, .venv, .data or tests in the image).
 # The sources stay in /app as well: worker.py runs from here and finds the sandbox catalog
 # (sandbox/catalog.yaml) next to the code.
-COPY pyproject.toml worker.py starter.py ./
+COPY pyproject.toml worker.py starter.py receiver.py ./
 COPY common/ common/
 COPY workflows/ workflows/
 COPY activities/ activities/

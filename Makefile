@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run test clean
+.PHONY: install run receiver test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ install: $(STAMP)
 ## Worker + (without TEMPORAL_ADDRESS) the Temporal dev server + (ROLLBACK_AWS=sandbox) the AWS sandbox.
 run: $(STAMP)
 	$(PY) worker.py
+
+## The alert receiver on :8090 (ROLLBACK_RECEIVER_PORT) for Alertmanager/Grafana/generic alerts;
+## set ROLLBACK_RECEIVER_TOKEN and/or ROLLBACK_RECEIVER_HMAC_SECRET. Needs the worker's Temporal.
+receiver: $(STAMP)
+	$(PY) receiver.py
 
 ## All tests, offline: starts its own Temporal servers, moto and endpoints.
 test: $(STAMP)

@@ -7,6 +7,7 @@
     starter.py status api [--watch] [--json]
     starter.py list [--all]
     starter.py cancel api
+    starter.py schedule pause|resume|status [--note ...]   (the auto-rollback schedule)
 
 A target is a catalog name (``api``) or a workflow id (``rollback-service-api``, or any id
 typed in the Web UI that is not a catalog name). Exit codes:
@@ -25,8 +26,8 @@ import argparse
 import asyncio
 import os
 import sys
-import time
-from datetime import datetime, timedelta
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,22 +35,12 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from temporalio.api.enums.v1 import TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import (
-    Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
-)
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from common.catalog import CatalogError, UnknownTarget, load_catalog
-from common.models import (
-    FINAL_PHASES, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Escalation, FrontendRollbackInput,
-    LambdaRollbackInput, Phase, RollbackStatus, ServiceRollbackInput,
-)
+from common import api
+from common.api import PROCEDURES, RollbackError, Rollbacks, describe_validation, state
+from common.models import FINAL_PHASES, Escalation, Phase, RollbackStatus
 from common.settings import Settings
 from common.temporal import KIND, PHASE, SEVERITY, TARGET, connect
 
@@ -57,158 +48,33 @@ from common.temporal import KIND, PHASE, SEVERITY, TARGET, connect
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-# kind -> (workflow type, input model, the input field naming the target)
-PROCEDURES: dict[str, tuple[str, type, str]] = {
-    "service": ("ServiceRollback", ServiceRollbackInput, "service"),
-    "database": ("DatabaseRollback", DatabaseRollbackInput, "database"),
-    "frontend": ("FrontendRollback", FrontendRollbackInput, "site"),
-    "lambda": ("LambdaRollback", LambdaRollbackInput, "function"),
-}
-# kind -> the catalog's lookup method for that kind's targets
-CATALOG_LOOKUP = {"service": "service", "database": "database", "frontend": "site", "lambda": "function"}
+# The procedures (kind -> workflow type, input model, target field; PROCEDURES and CATALOG_LOOKUP),
+# request validation, starts and decisions live in common/api.py: one code path for this CLI, the
+# alert receiver (receiver.py) and the auto-rollback schedule. Add a procedure there.
 # input field -> the option a person typed, so errors name what they can fix
 FLAGS = {"severity": "--severity", "requested_by": "--requested-by", "reason": "--reason",
          "to_version": "--to-version", "rollout_percentages": "--rollout", "monitor_minutes": "--monitor-minutes",
          "by": "--as", "service": "target"}
 ENDED_OK = (Phase.succeeded, Phase.planned)
-QUERY_TIMEOUT = timedelta(seconds=5)  # a worker answers a query in milliseconds
-UPDATE_TIMEOUT = timedelta(seconds=20)
 POLL_SECONDS = 1.0
-GATE_WAIT_SECONDS = 30
 
 
-class CliError(Exception):
+class CliError(RollbackError):
+    """A problem with what was typed (exit 2 unless said otherwise); the API's errors carry their own code."""
+
     def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(message, code)
 
 
-def workflow_id(kind: str, target: str) -> str:
-    return f"rollback-{kind}-{target}"
-
-
-def _describe_validation(e: ValidationError, what: str = "rollback request") -> str:
-    lines = []
-    for x in e.errors():
-        field = ".".join(str(p) for p in x["loc"][:1]) or "input"
-        flag = FLAGS.get(field, field)
-        name = f"{flag} ({field})" if flag.startswith("--") and flag[2:] != field else flag
-        lines.append(f"  - {name}: {x['msg'].removeprefix('Value error, ')}")
-    return f"invalid {what}:\n" + "\n".join(lines)
-
-
-def _catalog(settings: Settings):
+def catalog_path(settings: Settings) -> Path | None:
     try:
-        return load_catalog(settings.catalog_path)
-    except (CatalogError, ValueError):
+        return settings.catalog_path
+    except ValueError:
         return None  # the worker's catalog decides; it answers with the same message
 
 
-def check_target(settings: Settings, kind: str, target: str) -> None:
-    """Raise CliError if the CLI can read the catalog and ``target`` is not in it."""
-    catalog = _catalog(settings)
-    if catalog is None or target.startswith("rollback-"):
-        return
-    try:
-        for name in target.split(","):  # a Lambda fleet names several functions
-            getattr(catalog, CATALOG_LOOKUP[kind])(name)
-    except UnknownTarget as e:
-        raise CliError(str(e)) from None
-
-
-def target_of(request: Any, target_field: str) -> str:
-    """What the rollback acts on: the target field, or the model's own ``target`` (a Lambda fleet)."""
-    return getattr(request, "target", None) or getattr(request, target_field)
-
-
-def build_request(kind: str, fields: dict[str, Any], settings: Settings) -> Any:
-    """Validate a request as the workflow will, plus the catalog name when the catalog is readable."""
-    _, model, target_field = PROCEDURES[kind]
-    try:
-        request = model.model_validate({k: v for k, v in fields.items() if v is not None})
-    except ValidationError as e:
-        raise CliError(_describe_validation(e)) from None
-    check_target(settings, kind, target_of(request, target_field))
-    return request
-
-
-def no_worker(settings: Settings, what: str) -> CliError:
-    return CliError(f"no worker answered {what} within a few seconds: is the rollback worker running "
-                    f"('make run', task queue {settings.task_queue!r}, set by ROLLBACK_TASK_QUEUE)?", 3)
-
-
-async def start_rollback(client: Client, kind: str, request: Any, task_queue: str,
-                         wf_id: str | None = None) -> WorkflowHandle:
-    """Start a rollback with the one-per-target workflow id; refuse if one is running."""
-    wf_type, _, target_field = PROCEDURES[kind]
-    target = target_of(request, target_field)
-    wf_id = wf_id or workflow_id(kind, target)
-    try:
-        return await client.start_workflow(
-            wf_type, request, id=wf_id, task_queue=task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(KIND, kind), SearchAttributePair(TARGET, target),
-                SearchAttributePair(SEVERITY, request.severity), SearchAttributePair(PHASE, Phase.starting.value)]),
-        )
-    except WorkflowAlreadyStartedError:
-        raise CliError(f"a rollback of {kind} {target!r} is already running as workflow {wf_id}; "
-                       f"follow it with 'starter.py status {target}' or cancel it first", code=1) from None
-
-
-def resolve(client: Client, settings: Settings, target: str, kind: str) -> WorkflowHandle:
-    """A catalog name means its one-per-target workflow; anything else is a workflow id (e.g. from the Web UI)."""
-    catalog = _catalog(settings)
-    is_name = not target.startswith("rollback-") and (catalog is None or target in getattr(catalog, f"{kind}s"))
-    return client.get_workflow_handle(workflow_id(kind, target) if is_name else target)
-
-
-async def not_running(handle: WorkflowHandle, settings: Settings, kind: str, target: str) -> CliError:
-    """Why there is no running rollback to act on: it ended (exit 1) or never existed (exit 2)."""
-    try:
-        desc = await handle.describe()
-    except RPCError as e:
-        if e.status != RPCStatusCode.NOT_FOUND:
-            raise
-        check_target(settings, kind, target)  # a typo is the likeliest cause: say so
-        return CliError(f"no rollback workflow {handle.id!r}; 'starter.py list' shows the running ones")
-    return CliError(f"rollback {handle.id} has already ended ({state(desc.status)}); "
-                    f"'starter.py status {target}' shows how it ended", 1)
-
-
-async def query_status(handle: WorkflowHandle, settings: Settings) -> RollbackStatus | None:
-    """The workflow's status; None if it has not run its first step yet. Raises RPCError NOT_FOUND."""
-    try:
-        return await handle.query("status", result_type=RollbackStatus, rpc_timeout=QUERY_TIMEOUT)
-    except WorkflowQueryFailedError as e:
-        raise CliError(f"workflow {handle.id} is not a rollback (it has no status): {e.message}") from None
-    except RPCError as e:
-        if e.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
-            raise no_worker(settings, f"about {handle.id}") from None
-        if e.status == RPCStatusCode.FAILED_PRECONDITION:  # e.g. ended before any worker ran it
-            desc = await handle.describe()
-            raise CliError(f"workflow {handle.id} is {state(desc.status)} and has no rollback status: "
-                           f"{e.message}", 1) from None
-        raise
-
-
-async def fetch_status(handle: WorkflowHandle, settings: Settings, kind: str, target: str) -> RollbackStatus:
-    for _ in range(10):  # None only for the moment between the start and its first workflow task
-        try:
-            status = await query_status(handle, settings)
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                raise await not_running(handle, settings, kind, target) from None
-            raise
-        if status is not None:
-            return status
-        await asyncio.sleep(0.5)
-    raise CliError(f"workflow {handle.id} has not started its first step yet; try again in a moment", 1)
-
-
-def state(status: WorkflowExecutionStatus | None) -> str:
-    """A workflow execution's state as a word ("running", "completed", "cancelled", ...)."""
-    return status.name.lower().replace("canceled", "cancelled") if status else "closed"
+def rollbacks(client: Client, settings: Settings) -> Rollbacks:
+    return Rollbacks(client, settings.task_queue, catalog_path(settings), names=FLAGS)
 
 
 def exit_code(s: RollbackStatus) -> int:
@@ -291,19 +157,13 @@ def start_fields(a: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-async def worker_polling(client: Client, task_queue: str) -> bool:
-    resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
-        namespace=client.namespace, task_queue=TaskQueue(name=task_queue),
-        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
-    return bool(resp.pollers)
-
-
 async def cmd_start(client: Client, settings: Settings, a: argparse.Namespace) -> int:
     request = a.request  # validated in main(), before connecting
-    handle = await start_rollback(client, a.kind, request, settings.task_queue)
-    console.print(f"started [bold]{handle.id}[/bold] ({escape(request.severity)}, requested by "
+    rb = rollbacks(client, settings)
+    started = await rb.start(a.kind, request)
+    console.print(f"started [bold]{started.workflow_id}[/bold] ({escape(request.severity)}, requested by "
                   f"{escape(request.requested_by)}); follow it: starter.py status {escape(a.target)} --watch")
-    if not await worker_polling(client, settings.task_queue):
+    if not await rb.worker_polling():
         err.print(f"[yellow]warning:[/yellow] no worker is polling task queue {settings.task_queue!r}; the rollback "
                   "will not move until one does. Start it with 'make run' or check ROLLBACK_TASK_QUEUE.")
     if a.wait:
@@ -312,44 +172,10 @@ async def cmd_start(client: Client, settings: Settings, a: argparse.Namespace) -
     return 0
 
 
-async def approval_step(handle: WorkflowHandle, settings: Settings, a: argparse.Namespace) -> None:
-    """An approver can be quicker than the first steps: wait a little for the approval step to open."""
-    deadline, said = time.monotonic() + GATE_WAIT_SECONDS, False
-    while True:
-        try:
-            s = await query_status(handle, settings)
-        except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                raise await not_running(handle, settings, a.kind, a.target) from None
-            raise
-        if (s is not None and s.phase != Phase.starting) or time.monotonic() > deadline:
-            return  # the workflow itself says whether the decision can be taken now
-        if not said:
-            step = next((st.name for st in s.steps if st.state.value == "running"), "") if s else ""
-            err.print(f"{handle.id} is still starting{f' ({step})' if step else ''}; waiting up to "
-                      f"{GATE_WAIT_SECONDS:g}s for its approval step ...")
-            said = True
-        await asyncio.sleep(POLL_SECONDS / 2)
-
-
 async def cmd_decide(client: Client, settings: Settings, a: argparse.Namespace) -> int:
-    handle = resolve(client, settings, a.target, a.kind)
-    try:
-        req = DecisionRequest(decision=a.command, approver=a.as_, comment=a.comment or "", reason=a.reason or "")
-    except ValidationError as ve:
-        raise CliError(_describe_validation(ve, "decision")) from None
-    await approval_step(handle, settings, a)
-    try:
-        outcome = await handle.execute_update("decide", req, result_type=DecisionOutcome, rpc_timeout=UPDATE_TIMEOUT)
-    except WorkflowUpdateFailedError as e:
-        raise CliError(f"not recorded: {e.cause.message if e.cause else e}", code=1) from None
-    except WorkflowUpdateRPCTimeoutOrCancelledError:
-        raise CliError(f"no answer from the workflow within {UPDATE_TIMEOUT.seconds}s, so the {a.command} may NOT "
-                       f"be recorded: check 'starter.py status {a.target}' (is the worker running?)", 3) from None
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise await not_running(handle, settings, a.kind, a.target) from None
-        raise
+    outcome = await rollbacks(client, settings).decide(
+        a.kind, a.target, a.command, a.as_, a.comment or "", a.reason or "",
+        on_wait=lambda message: err.print(escape(message)))
     if not outcome.counted:
         console.print(f"[red]NOT counted[/red]: {escape(outcome.message)}")
         return 1
@@ -357,9 +183,9 @@ async def cmd_decide(client: Client, settings: Settings, a: argparse.Namespace) 
     return 0
 
 
-async def running_status(handle: WorkflowHandle, settings: Settings, a: argparse.Namespace) -> RollbackStatus:
+async def running_status(rb: Rollbacks, handle: WorkflowHandle, a: argparse.Namespace) -> RollbackStatus:
     """The status of a rollback that can still be steered; CliError otherwise."""
-    s = await fetch_status(handle, settings, a.kind, a.target)
+    s = await rb.fetch_status(handle, a.kind, a.target)
     if s.phase in FINAL_PHASES:
         raise CliError(f"rollback {handle.id} has already ended ({s.phase.value}); nothing to {a.command}", 1)
     return s
@@ -369,12 +195,13 @@ async def cmd_escalate(client: Client, settings: Settings, a: argparse.Namespace
     try:
         e = Escalation(severity=a.severity, by=a.as_, comment=a.comment or "")
     except ValidationError as ve:
-        raise CliError(_describe_validation(ve, "escalation")) from None
-    handle = resolve(client, settings, a.target, a.kind)
-    before = await running_status(handle, settings, a)
+        raise describe_validation(ve, "escalation", FLAGS) from None
+    rb = rollbacks(client, settings)
+    handle = rb.handle(a.kind, a.target)
+    before = await running_status(rb, handle, a)
     await handle.signal("escalate", e)
     for _ in range(10):  # a signal does not answer: read back what it changed
-        s = await fetch_status(handle, settings, a.kind, a.target)
+        s = await rb.fetch_status(handle, a.kind, a.target)
         if s.severity == e.severity:
             need = waiting_for(s) if s.phase == Phase.awaiting_approval else ""
             console.print(f"severity of {escape(s.target)}: {escape(before.severity)} -> {escape(s.severity)}; "
@@ -386,18 +213,19 @@ async def cmd_escalate(client: Client, settings: Settings, a: argparse.Namespace
 
 
 async def cmd_status(client: Client, settings: Settings, a: argparse.Namespace) -> int:
-    handle = resolve(client, settings, a.target, a.kind)
+    rb = rollbacks(client, settings)
+    handle = rb.handle(a.kind, a.target)
     if not a.watch:
-        s = await fetch_status(handle, settings, a.kind, a.target)
+        s = await rb.fetch_status(handle, a.kind, a.target)
         if a.json:
             sys.stdout.write(s.model_dump_json(indent=2) + "\n")
         else:
             console.print(render(s))
         return exit_code(s)
-    return await watch(handle, settings, a)
+    return await watch(rb, handle, settings, a)
 
 
-async def watch(handle: WorkflowHandle, settings: Settings, a: argparse.Namespace) -> int:
+async def watch(rb: Rollbacks, handle: WorkflowHandle, settings: Settings, a: argparse.Namespace) -> int:
     """Follow a rollback until it ends; wait for it if it has not started yet."""
     from rich.live import Live
 
@@ -409,16 +237,16 @@ async def watch(handle: WorkflowHandle, settings: Settings, a: argparse.Namespac
         while True:
             s, problem = None, ""
             try:
-                s = await query_status(handle, settings)
+                s = await rb.query_status(handle)
             except RPCError as e:
                 if e.status == RPCStatusCode.NOT_FOUND:
-                    check_target(settings, a.kind, a.target)  # a typo would wait forever
+                    rb.check_target(a.kind, a.target)  # a typo would wait forever
                     problem = f"waiting for {handle.id} to start (Ctrl-C to stop) ..."
                 elif e.status == RPCStatusCode.UNAVAILABLE:
                     problem = f"lost Temporal at {settings.address} ({e.message}); still trying ..."
                 else:
                     raise
-            except CliError as e:  # a worker restarting must not end the watch
+            except RollbackError as e:  # a worker restarting must not end the watch
                 if e.code != 3:
                     raise
                 problem = f"{e}; still trying ..."
@@ -458,12 +286,13 @@ async def cmd_list(client: Client, settings: Settings, a: argparse.Namespace) ->
 
 
 async def cmd_cancel(client: Client, settings: Settings, a: argparse.Namespace) -> int:
-    handle = resolve(client, settings, a.target, a.kind)
+    rb = rollbacks(client, settings)
+    handle = rb.handle(a.kind, a.target)
     try:
         desc = await handle.describe()
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
-            raise await not_running(handle, settings, a.kind, a.target) from None
+            raise await rb.not_running(handle, a.kind, a.target) from None
         raise
     if desc.status != WorkflowExecutionStatus.RUNNING:  # cancelling an ended workflow "succeeds" silently
         raise CliError(f"rollback {handle.id} has already ended ({state(desc.status)}); nothing to cancel", 1)
@@ -473,14 +302,32 @@ async def cmd_cancel(client: Client, settings: Settings, a: argparse.Namespace) 
     for _ in range(20):  # confirm, with the state reached
         await asyncio.sleep(0.5)
         try:
-            s = await query_status(handle, settings)
-        except CliError as e:  # the cancellation is recorded; the worker acts on it when it can
+            s = await rb.query_status(handle)
+        except RollbackError as e:  # the cancellation is recorded; the worker acts on it when it can
             console.print(f"not confirmed yet: {escape(str(e))}")
             return 0
         if s is not None and s.phase in FINAL_PHASES:
             console.print(f"{escape(s.target)}: {s.phase.value}" + (f" - {escape(s.message)}" if s.message else ""))
             return 0
     console.print(f"not confirmed yet: check 'starter.py status {escape(a.target)}'")
+    return 0
+
+
+async def cmd_schedule(client: Client, settings: Settings, a: argparse.Namespace) -> int:
+    """The runbook's auto-rollback job (a Temporal Schedule the worker keeps up to date)."""
+    if a.action in ("pause", "resume"):
+        note = a.note or f"{a.action}d with starter.py"
+        await (api.pause_schedule if a.action == "pause" else api.resume_schedule)(client, note)
+    info = await api.describe_schedule(client)
+    every = ", ".join(f"{d.total_seconds() / 60:g} min" for d in info.every)
+    console.print(f"auto-rollback schedule [bold]{info.schedule_id}[/bold]: "
+                  + ("[bold yellow]PAUSED[/bold yellow]" if info.paused else "[bold green]active[/bold green]")
+                  + f" (every {every}, overlap: {info.overlap.lower()})"
+                  + (f"; note: {escape(info.note)}" if info.note else ""))
+    if not info.paused and info.next_runs:
+        console.print("next checks: " + ", ".join(f"{t.astimezone():%H:%M:%S}" for t in info.next_runs))
+    for at, wf in info.recent:
+        console.print(f"ran {at.astimezone():%Y-%m-%d %H:%M:%S}: {escape(wf)}")
     return 0
 
 
@@ -504,7 +351,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--kind", default="service", choices=sorted(PROCEDURES), help="procedure (default service)")
         return sp
 
-    s = targeted("start", "start a rollback (--kind service|database|frontend|lambda)")
+    s = targeted("start", "start a rollback (--kind service|database|frontend|lambda|infra)")
     s.add_argument("--severity", required=True, help="SEV-0 .. SEV-4")
     s.add_argument("--requested-by", required=True)
     s.add_argument("--reason", required=True)
@@ -532,11 +379,14 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--all", action="store_true", help="include finished ones")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     targeted("cancel", "stop a rollback: no further changes are made")
+    sc = sub.add_parser("schedule", help="the auto-rollback schedule (every 5 minutes; runbook: Automation)")
+    sc.add_argument("action", choices=["pause", "resume", "status"])
+    sc.add_argument("--note", help="why (kept on the schedule, shown by status)")
     return p
 
 
 COMMANDS = {"start": cmd_start, "approve": cmd_decide, "reject": cmd_decide, "escalate": cmd_escalate,
-            "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel}
+            "status": cmd_status, "list": cmd_list, "cancel": cmd_cancel, "schedule": cmd_schedule}
 
 
 def _short(e: BaseException) -> str:
@@ -557,7 +407,7 @@ async def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "start":  # bad input is reported even when Temporal is down
-            args.request = build_request(args.kind, start_fields(args), settings)
+            args.request = api.build_request(args.kind, start_fields(args), catalog_path(settings), FLAGS)
         try:
             client = await connect(settings)
         except RuntimeError as e:  # what Client.connect raises when nothing answers
@@ -568,7 +418,7 @@ async def main(argv: list[str] | None = None) -> int:
             raise CliError(f"cannot reach Temporal at {settings.address} (namespace {settings.temporal_namespace}): "
                            f"{_short(e)}.\nTo fix: {fix}.", 3) from None
         return await COMMANDS[args.command](client, settings, args)
-    except CliError as e:
+    except RollbackError as e:  # CliError and the API's typed errors, each with its exit code
         err.print(f"[red]error:[/red] {escape(str(e))}")
         return e.code
     except RPCError as e:

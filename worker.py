@@ -19,8 +19,10 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
+from activities.appconfig import AppConfigActivities
 from activities.aws import AwsClients
 from activities.catalog import CatalogActivities
 from activities.cloudfront import CloudFrontActivities
@@ -28,11 +30,15 @@ from activities.ecs import EcsActivities, EcsTaskActivities
 from activities.migrations import plan_migration_rollback, run_migration_command
 from activities.postgres import sql_values
 from activities.rds import RdsActivities
+from activities.rollbacks import RollbackStartActivities
 from activities.route53 import Route53Activities
 from activities.s3 import S3Activities
-from activities.secrets import SecretsActivities
+from activities.terraform import TerraformActivities
+from activities.secrets import SecretsActivities, SecretStageActivities
 from activities.elbv2 import Elbv2Activities
+from activities.flags import FlagActivities
 from activities.http_checks import check_http
+from activities.incidents import IncidentActivities, IncidentSettings
 from activities.lambda_fn import LambdaActivities
 from activities.metrics import CloudWatchActivities
 from activities.notify import NotifyActivities
@@ -41,16 +47,22 @@ from common import devserver
 from common.catalog import CatalogError, load_catalog
 from common.logging import configure
 from common.settings import Settings
+from common.api import ensure_auto_rollback_schedule
 from common.temporal import connect, ensure_search_attributes
+from workflows.auto import AutoRollbackCheck
+from workflows.config import ConfigRollback
 from workflows.database import DatabaseRollback
+from workflows.flags import FeatureFlagRollback
 from workflows.frontend import FrontendRollback
+from workflows.infra import InfraRollback
 from workflows.lambda_fn import LambdaRollback
 from workflows.lock import TargetLock
 from workflows.service import ServiceRollback
 
 log = structlog.get_logger("worker")
 
-WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, TargetLock]
+WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, InfraRollback, AutoRollbackCheck, TargetLock,
+             FeatureFlagRollback, ConfigRollback]
 
 
 def activities(client: Client, settings: Settings, catalog_path: Path, task_queue: str) -> list:
@@ -60,6 +72,7 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
     tasks, rds = EcsTaskActivities(aws), RdsActivities(aws)
     s3, cf = S3Activities(aws), CloudFrontActivities(aws)
     lam = LambdaActivities(aws)
+    tf = TerraformActivities(settings.data_dir / "infra")
     return [
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
@@ -67,7 +80,9 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         cw.read_metric, cw.alarms_firing,
         check_http,
         NotifyActivities(settings.slack_webhook_url).notify,
+        *_incident_activities(settings),
         locks.acquire_lock, locks.holder_running,
+        RollbackStartActivities(client, task_queue, catalog_path).start_or_join_rollback,
         tasks.run_one_off, tasks.task_state, tasks.force_new_deployment,
         rds.describe_instance, rds.find_instance, rds.list_snapshots, rds.restore_from_snapshot,
         SecretsActivities(aws).point_secret_at, Route53Activities(aws).upsert_cname,
@@ -75,7 +90,25 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         s3.plan_release_sync, s3.apply_release_sync, s3.plan_object_versions, s3.apply_object_versions,
         s3.read_object, cf.create_invalidation, cf.invalidation_done,
         lam.list_function_versions, lam.get_function_alias, lam.point_function_alias, lam.invoke_function,
+        tf.resolve_stack_commits, tf.checkout_stack, tf.plan_stack, tf.apply_stack_plan, tf.validate_stack,
+        *_config_activities(aws),
     ]
+
+
+def _config_activities(aws: AwsClients) -> list:
+    """Feature flags (the flag store) and configuration rollbacks (AppConfig, Secrets Manager stages)."""
+    flags, ac, stages = FlagActivities(aws), AppConfigActivities(aws), SecretStageActivities(aws)
+    return [flags.read_flag, flags.write_flag, flags.deploy_flags, flags.flag_rollout, flags.read_served_flag,
+            ac.resolve, ac.history, ac.hosted_versions, ac.hosted_version, ac.start_deployment, ac.deployment,
+            ac.served, ac.strategy_id, stages.secret_stages, stages.move_current]
+
+
+def _incident_activities(settings: Settings) -> list:
+    incidents = IncidentActivities(IncidentSettings(
+        statuspage_url=settings.statuspage_url, statuspage_token=settings.statuspage_token,
+        ticket_url=settings.ticket_url, ticket_token=settings.ticket_token,
+        pagerduty_routing_key=settings.pagerduty_routing_key, pagerduty_url=settings.pagerduty_url))
+    return [incidents.update_status_page, incidents.create_ticket]
 
 
 def build_worker(client: Client, settings: Settings, catalog_path: Path, task_queue: str | None = None) -> Worker:
@@ -104,6 +137,8 @@ def banner(settings: Settings, sandbox_info: object | None) -> None:
         f"[bold]{settings.task_queue}[/bold]",
         f"Web UI:   {ui}",
         f"Metrics:  http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "Metrics: off",
+        "Auto-rollback: schedule 'auto-rollback' checks services marked auto_rollback every 5 minutes "
+        "(starter.py schedule status|pause|resume)",
     ]
     if sandbox_info is not None:
         http = getattr(sandbox_info, "http_base", "")
@@ -149,6 +184,11 @@ async def main() -> None:
             stack.callback(devserver.stop, proc)
         client = await connect(settings, metrics_port=settings.metrics_port or None)
         await ensure_search_attributes(client, settings.temporal_namespace)
+        try:  # runbook: Automation. Best effort: rollbacks do not depend on it
+            schedule = await ensure_auto_rollback_schedule(client, settings.task_queue)
+            log.info(f"auto-rollback schedule {schedule}", schedule="auto-rollback", every_minutes=5)
+        except RPCError as e:
+            log.error("could not create or update the auto-rollback schedule", error=e.message)
         worker = build_worker(client, settings, catalog_path)
         banner(settings, sandbox_info)
         log.info("worker started", task_queue=settings.task_queue, catalog=str(catalog_path))

@@ -17,11 +17,18 @@ class HttpProbe(BaseModel):
     json_field: str | None = None  # compare this field of the JSON body ...
     expected: str | None = None  # ... with this value
     timeout_seconds: float = 10
+    kind: str = "http"  # carried into the result, for the validation checklist
 
 
 @activity.defn
 async def check_http(probe: HttpProbe) -> CheckResult:
     """One request. A bad answer is a failed check (a result), not an activity error."""
+    result = await _check(probe)
+    result.kind = probe.kind
+    return result
+
+
+async def _check(probe: HttpProbe) -> CheckResult:
     now = activity.info().current_attempt_scheduled_time
     try:
         async with httpx.AsyncClient(timeout=probe.timeout_seconds, follow_redirects=True) as http:

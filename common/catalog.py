@@ -6,13 +6,14 @@ Loaded by the worker at start-up (fail fast) and by the ``load_catalog`` activit
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.policy import Policy
+from common.policy import Policy, Severity
 
 
 class Strict(BaseModel):
@@ -82,6 +83,9 @@ class Service(Strict):
     alarms: list[str] = Field(default_factory=list, description="CloudWatch alarm names")
     staging: Stage | None = None
     customer_facing: bool = True
+    auto_rollback: bool = Field(False, description="the auto-rollback schedule checks its 5-minute error rate "
+                                                   "every 5 minutes and rolls it back above the policy's "
+                                                   "auto_rollback_error_rate (runbook: Automation)")
 
 
 class MigrationCommand(Strict):
@@ -187,6 +191,135 @@ class LambdaFunction(Strict):
     alarms: list[str] = Field(default_factory=list, description="CloudWatch alarm names")
 
 
+class StackValidation(Strict):
+    """How to verify a stack after the rollback (runbook: ``npm run infra:validate -- --env=production``)."""
+
+    command: list[str] | None = Field(
+        None, min_length=1, description='run in the checked-out configuration directory with the stack\'s env, '
+                                        'e.g. ["npm", "run", "infra:validate", "--", "--env=production"]')
+    checks: list[HttpCheck] = Field(default_factory=list, description="HTTP checks that must pass")
+    timeout_minutes: float = Field(10, gt=0)
+
+
+class Stack(Strict):
+    """A Terraform (or OpenTofu) configuration in a git repository (runbook section 3)."""
+
+    repository: str = Field(description="path or URL of the infrastructure git repository (only read)")
+    branch: str = "main"
+    directory: str = Field(".", description="the Terraform configuration's folder inside the repository")
+    terraform: list[str] = Field(default_factory=lambda: ["terraform"], min_length=1,
+                                 description='the binary on PATH ("terraform", "tofu") or a command as a list')
+    env: dict[str, str] = Field(default_factory=dict, description="extra env for terraform and the validation "
+                                                                  "command; ${VAR} is read from the worker env")
+    validation: StackValidation = Field(default_factory=StackValidation)
+    workdir: str | None = Field(None, description="where checkouts go; default <data dir>/infra")
+    timeout_minutes: float = Field(30, gt=0, description="for one terraform init/plan/apply")
+
+    @field_validator("terraform", mode="before")
+    @classmethod
+    def _command(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class SeverityFromLabel(Strict):
+    """The rollback's severity, from one of the alert's labels."""
+
+    label: str = "severity"
+    map: dict[str, Severity] = Field(default_factory=lambda: {
+        "critical": "SEV-3", "page": "SEV-3", "error": "SEV-2", "warning": "SEV-2", "info": "SEV-1"})
+    default: Severity = "SEV-2"
+
+    def of(self, labels: dict[str, str]) -> str:
+        return self.map.get(labels.get(self.label, ""), self.default)
+
+
+class AlertRule(Strict):
+    """A firing alert -> a rollback (runbook: Common Rollback Scenarios); the first matching rule wins.
+
+    ``input`` is the procedure's input as a template: in any string, ``{labels.NAME}``,
+    ``{annotations.NAME}`` (``{labels.NAME|fallback}`` when it may be missing), ``{alertname}``,
+    ``{summary}``, ``{source}`` and ``{rule}`` are filled from the alert. ``severity`` and
+    ``requested_by`` ("<source>:<rule name>", which the policy's automation_may_proceed names)
+    are set by the receiver.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="e.g. high-error-rate")
+    match: dict[str, str] = Field(default_factory=dict, description="label -> exact value")
+    match_re: dict[str, str] = Field(default_factory=dict, description="label -> regex (must match it all)")
+    kind: str = Field(min_length=1, description="the procedure: service, database, frontend, lambda, flag, ...")
+    input: dict[str, Any] = Field(default_factory=dict)
+    severity: SeverityFromLabel = Field(default_factory=SeverityFromLabel)
+    reason: str = "{source} alert {alertname}: {summary}"
+
+    @model_validator(mode="after")
+    def _selective(self) -> "AlertRule":
+        if not self.match and not self.match_re:
+            raise ValueError(f"alert rule {self.name!r} matches every alert: give match or match_re")
+        for label, pattern in self.match_re.items():
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"alert rule {self.name!r}: match_re.{label} is not a regex: {e}") from None
+        for key in ("severity", "requested_by"):
+            if key in self.input:
+                raise ValueError(f"alert rule {self.name!r}: input.{key} is set by the receiver; "
+                                 f"use the rule's severity mapping instead" if key == "severity" else
+                                 f"alert rule {self.name!r}: input.requested_by is '<source>:<rule name>'")
+        return self
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return (all(labels.get(k) == v for k, v in self.match.items())
+                and all(re.fullmatch(p, labels.get(k, "")) is not None for k, p in self.match_re.items()))
+
+
+class AppConfigFlagStore(Strict):
+    """Feature flags in an AWS AppConfig feature-flag profile (type ``AWS.AppConfig.FeatureFlags``,
+    runbook: "AppConfig -> Configuration -> Kill Switches"). A flag's rollout in a city is a number
+    attribute (0..100) of the flag named after the city, e.g. ``los-angeles``."""
+
+    provider: Literal["appconfig"]
+    application: str = Field(description="AppConfig application name or id")
+    environment: str = Field(description="environment name or id, e.g. production")
+    profile: str = Field(description="the feature-flag configuration profile's name or id")
+    strategy: str = Field("AppConfig.AllAtOnce", description="deployment strategy (name or id) for flag changes")
+    kill_switch_strategy: str = Field("AppConfig.AllAtOnce", description="deployment strategy for kill switches")
+
+
+# A flag store: another provider (LaunchDarkly, a database table) is one more model here, joined
+# as ``Annotated[A | B, Field(discriminator="provider")]``, plus its class in activities/flags.py.
+FlagStoreConfig = AppConfigFlagStore
+
+
+class Flag(Strict):
+    store: str = Field(description="a name under flag_stores:")
+    key: str | None = Field(None, description="the flag's key in the store; default: its catalog name")
+    cities: list[str] = Field(default_factory=list, description="cities with a rollout percentage attribute")
+    kill_switch: bool = Field(False, description="enabling it turns something off (e.g. payments_disabled)")
+    customer_facing: bool = True
+
+
+class AppConfigTarget(Strict):
+    """A configuration profile deployed to an AppConfig environment; rolled back by redeploying a version."""
+
+    kind: Literal["appconfig"]
+    application: str = Field(description="AppConfig application name or id")
+    environment: str = Field(description="environment name or id")
+    profile: str = Field(description="configuration profile name or id")
+    strategy: str = Field("AppConfig.AllAtOnce", description="deployment strategy name or id")
+
+
+class SecretTarget(Strict):
+    """A Secrets Manager secret; rolled back by moving AWSCURRENT to an earlier version."""
+
+    kind: Literal["secret"]
+    secret_id: str = Field(description="name or ARN, e.g. rastup/prod/api-key")
+    consumers: list[EcsRef] = Field(default_factory=list,
+                                    description="ECS services redeployed after the move, so they read it again")
+
+
+ConfigTarget = Annotated[AppConfigTarget | SecretTarget, Field(discriminator="kind")]
+
+
 class People(Strict):
     approvers: list[str] = Field(default_factory=list)
     on_call: list[str] = Field(default_factory=list)
@@ -204,9 +337,27 @@ class Catalog(Strict):
     databases: dict[str, Database] = Field(default_factory=dict)
     sites: dict[str, Site] = Field(default_factory=dict)
     functions: dict[str, LambdaFunction] = Field(default_factory=dict)
+    alert_rules: list[AlertRule] = Field(default_factory=list, description="used by receiver.py, in order")
+    stacks: dict[str, Stack] = Field(default_factory=dict)
+    flag_stores: dict[str, FlagStoreConfig] = Field(default_factory=dict)
+    flags: dict[str, Flag] = Field(default_factory=dict)
+    configs: dict[str, ConfigTarget] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _flags_have_stores(self) -> "Catalog":
+        for name, f in self.flags.items():
+            if f.store not in self.flag_stores:
+                raise ValueError(f"flags.{name}.store {f.store!r} is not under flag_stores: "
+                                 f"(known: {', '.join(sorted(self.flag_stores)) or 'none'})")
+            if f.kill_switch and f.cities:
+                raise ValueError(f"flags.{name}: a kill switch is on or off everywhere; remove its cities")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "Catalog":
+        names = [r.name for r in self.alert_rules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"alert_rules: each rule needs its own name (given: {', '.join(names)})")
         if not self.people.on_call:
             raise ValueError("people.on_call must list at least one on-call engineer")
         for name, db in self.databases.items():
@@ -232,6 +383,24 @@ class Catalog(Strict):
             return self.functions[name]
         except KeyError:
             raise UnknownTarget("function", name, sorted(self.functions)) from None
+
+    def flag(self, name: str) -> Flag:
+        try:
+            return self.flags[name]
+        except KeyError:
+            raise UnknownTarget("flag", name, sorted(self.flags)) from None
+
+    def config(self, name: str) -> AppConfigTarget | SecretTarget:
+        try:
+            return self.configs[name]
+        except KeyError:
+            raise UnknownTarget("config", name, sorted(self.configs)) from None
+
+    def stack(self, name: str) -> Stack:
+        try:
+            return self.stacks[name]
+        except KeyError:
+            raise UnknownTarget("stack", name, sorted(self.stacks)) from None
 
     def database(self, name: str) -> Database:
         try:

@@ -165,6 +165,78 @@ class LambdaRollbackInput(RollbackRequest):
         return self.function if self.function is not None else ",".join(sorted(self.names))
 
 
+class InfraRollbackInput(RollbackRequest):
+    """Terraform stack back to an earlier commit of its repository (runbook section 3)."""
+
+    stack: str = Field(min_length=1, description="catalog name of the Terraform stack")
+    to_commit: str = Field(
+        "previous", min_length=1,
+        description='commit sha or ref to return to; "previous" (default): the commit before the branch\'s HEAD')
+
+    @field_validator("to_commit")
+    @classmethod
+    def _a_revision(cls, v: str) -> str:
+        if v.startswith("-") or any(c.isspace() for c in v):
+            raise ValueError(f"{v!r} is not a commit: give a sha or ref, e.g. \"3f2a9c1\", or \"previous\"")
+        return v
+
+
+class FeatureFlagRollbackInput(RollbackRequest):
+    """Runbook section 4, "Feature Flag Rollback". Workflow id for the CLI: ``rollback-flag-<flag>``.
+
+    ``disable`` with ``all_cities`` turns the flag off (runbook: --all-cities); with ``cities``
+    it sets their rollout to 0. ``percentage`` sets the rollout of ``cities`` (or every city the
+    catalog lists, with ``all_cities``). ``kill_switch`` enables a kill-switch flag everywhere.
+    """
+
+    flag: str = Field(min_length=1, description="catalog name of the flag, e.g. new_feature_enabled")
+    action: Literal["disable", "percentage", "kill_switch"]
+    cities: list[str] | None = Field(None, description="disable / percentage: only these cities")
+    all_cities: bool = Field(False, description="disable: the flag off everywhere; percentage: every city")
+    percentage: int | None = Field(None, ge=0, le=100, description="percentage: the rollout, 0..100")
+
+    @model_validator(mode="after")
+    def _action_fields(self) -> "FeatureFlagRollbackInput":
+        if self.monitor_minutes is not None:
+            raise ValueError("monitor_minutes: a flag rollback ends when the flag state is verified; leave it out")
+        if self.action == "kill_switch":
+            if self.cities is not None or self.all_cities or self.percentage is not None:
+                raise ValueError("kill_switch turns the flag on everywhere: leave out cities, all_cities and percentage")
+            return self
+        if (self.cities is None) == (not self.all_cities):
+            raise ValueError(f"{self.action} needs cities (a list) or all_cities: true, not both and not neither")
+        if self.cities is not None:
+            if not self.cities or any(not c for c in self.cities):
+                raise ValueError("cities must list at least one non-empty city, e.g. [\"los-angeles\"]")
+            if len(set(self.cities)) != len(self.cities):
+                raise ValueError("cities lists a city twice")
+        if self.action == "percentage" and self.percentage is None:
+            raise ValueError("action percentage needs percentage (0..100; 0 turns the flag off there)")
+        if self.action == "disable" and self.percentage is not None:
+            raise ValueError("disable sets no percentage; use action percentage")
+        return self
+
+
+class ConfigRollbackInput(RollbackRequest):
+    """Runbook section 3, "Configuration Changes". Workflow id for the CLI: ``rollback-config-<target>``."""
+
+    target: str = Field(min_length=1, description="catalog name under configs:, e.g. app-settings or api-key")
+    to_version: str | None = Field(
+        None, description="appconfig: the hosted configuration version number; secret: the VersionId; "
+                          "default: the version before the current one")
+
+    @field_validator("to_version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # 1 from JSON means "1"
+
+    @model_validator(mode="after")
+    def _no_window(self) -> "ConfigRollbackInput":
+        if self.monitor_minutes is not None:
+            raise ValueError("monitor_minutes: a configuration rollback ends when it is verified; leave it out")
+        return self
+
+
 # --- decisions (signal and update payloads: one JSON object each, for the Web UI) ---
 
 
@@ -281,9 +353,24 @@ class Approvals(BaseModel):
 class CheckResult(BaseModel):
     name: str
     ok: bool | None  # None: could not be checked (no data)
+    kind: str = Field("", description="what it checks: health, ready, version, smoke, error_rate, latency_p95, "
+                                      "business, alarms, integrity, database, http")
     value: float | str | None = None
     baseline: float | str | None = None
     limit: float | None = None
+    detail: str = ""
+    at: datetime | None = None
+
+
+class ChecklistItem(BaseModel):
+    item: str  # the runbook's wording
+    state: Literal["passed", "failed", "not_checked"]
+    evidence: str = ""
+
+
+class ActionResult(BaseModel):
+    action: str  # e.g. "post to #incidents", "update status page", "create incident ticket"
+    state: Literal["done", "failed", "not_configured", "skipped"]
     detail: str = ""
     at: datetime | None = None
 
@@ -305,6 +392,8 @@ class RollbackStatus(BaseModel):
     regressions: list[CheckResult] = Field(default_factory=list)
     plan: list[str] = Field(default_factory=list)
     evidence: list[Evidence] = Field(default_factory=list, description="alerts that asked for this rollback")
+    checklist: list["ChecklistItem"] = Field(default_factory=list, description="runbook: Rollback Validation Checklist")
+    actions: list["ActionResult"] = Field(default_factory=list, description="runbook: Post-Rollback Actions")
     events: list[Event] = Field(default_factory=list)
     message: str = ""
     report: str = Field("", description="the final report (Markdown), set when the rollback ends")
@@ -314,3 +403,31 @@ class RollbackStatus(BaseModel):
 
 
 DecisionOutcome.model_rebuild()
+RollbackStatus.model_rebuild()
+
+
+# --- the auto-rollback schedule (runbook: Automation) ---
+
+
+class AutoRollbackCheckInput(Input):
+    """``AutoRollbackCheck``'s input: nothing needed; ``services`` narrows the check."""
+
+    services: list[str] | None = Field(
+        None, description="only these catalog services (default: every service with auto_rollback: true)")
+
+
+class ServiceCheck(BaseModel):
+    service: str
+    version: str | None = None  # the deployed version whose error rate was read
+    error_rate: float | None = None
+    threshold: float
+    outcome: Literal["below", "started", "joined", "handled", "not_checked", "error"]
+    workflow_id: str = ""
+    detail: str = ""
+
+
+class AutoRollbackReport(BaseModel):
+    checked_at: datetime
+    window_minutes: float
+    threshold: float
+    services: list[ServiceCheck] = Field(default_factory=list)

@@ -73,6 +73,10 @@ class Policy(BaseModel):
     # Requesters listed here skip the severity's approval (extra requirements, e.g. a DBA, still apply).
     automation_may_proceed: list[str] = Field(
         default_factory=lambda: ["auto-rollback:error-rate", "alertmanager:high-error-rate"])
+    # Runbook "Automation": every 5 minutes, roll back a service marked auto_rollback when its
+    # 5-minute error rate (percent, the deployed version's) exceeds this. Started at this severity.
+    auto_rollback_error_rate: float = Field(0.5, gt=0, description="runbook: ERROR_RATE > 0.5")
+    auto_rollback_severity: Severity = "SEV-2"
     # Reminder cadence while waiting when the matrix says "Immediate" (0) or nothing.
     min_reminder_minutes: float = Field(1, gt=0)
     standard_reminder_minutes: float = Field(60, gt=0)
@@ -88,6 +92,15 @@ class Policy(BaseModel):
     invalidation_poll_seconds: float = Field(20, gt=0)
     settle_timeout_minutes: float = Field(30, gt=0)
     settle_poll_seconds: float = Field(15, gt=0)
+    # Feature flags (runbook section 4, "Fastest rollback method"): a kill switch requested by an
+    # on-call engineer at these severities proceeds at once, whatever the matrix above says; a
+    # kill switch requested by anyone else waits for the on-call engineer as the matrix says.
+    kill_switch_immediate: list[Severity] = Field(default_factory=lambda: ["SEV-3", "SEV-4"])
+    appconfig_deploy_timeout_minutes: float = Field(60, gt=0, description="deploy + bake of the slowest strategy")
+    appconfig_poll_seconds: float = Field(5, gt=0)
+    # Terraform (runbook section 3): a plan that destroys anything needs this many approvers
+    # (people.approvers, never the requester), whatever the severity; the severity's own approvers count.
+    destroy_requires_approvals: int = Field(2, ge=1)
 
     def rule(self, severity: str) -> SeverityRule:
         return self.matrix.get(severity) or DEFAULT_MATRIX[severity]  # type: ignore[index]

@@ -41,6 +41,19 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(9464, alias="ROLLBACK_METRICS_PORT", description="0 turns it off")
     slack_webhook_url: SecretStr | None = Field(None, alias="ROLLBACK_SLACK_WEBHOOK_URL")
+    # Post-rollback actions (runbook): status page and incident ticket; unset = not configured.
+    statuspage_url: str | None = Field(None, alias="ROLLBACK_STATUSPAGE_URL")
+    statuspage_token: SecretStr | None = Field(None, alias="ROLLBACK_STATUSPAGE_TOKEN")
+    ticket_url: str | None = Field(None, alias="ROLLBACK_TICKET_URL")
+    ticket_token: SecretStr | None = Field(None, alias="ROLLBACK_TICKET_TOKEN")
+    pagerduty_routing_key: SecretStr | None = Field(None, alias="ROLLBACK_PAGERDUTY_ROUTING_KEY")
+    pagerduty_url: str = Field("https://events.pagerduty.com/v2/enqueue", alias="ROLLBACK_PAGERDUTY_URL")
+    # The alert receiver (receiver.py). Every alert request needs the token or the HMAC signature.
+    receiver_host: str = Field("127.0.0.1", alias="ROLLBACK_RECEIVER_HOST")
+    receiver_port: int = Field(8090, alias="ROLLBACK_RECEIVER_PORT")
+    receiver_token: SecretStr | None = Field(None, alias="ROLLBACK_RECEIVER_TOKEN")
+    receiver_hmac_secret: SecretStr | None = Field(None, alias="ROLLBACK_RECEIVER_HMAC_SECRET")
+    receiver_max_body: int = Field(256 * 1024, gt=0, alias="ROLLBACK_RECEIVER_MAX_BODY")
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="ROLLBACK_LOG_FORMAT")
     log_level: str = Field("INFO", alias="ROLLBACK_LOG_LEVEL")
 

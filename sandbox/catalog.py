@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from sandbox.appconfig_fleet import catalog_entries as config_catalog_entries
 from sandbox.frontend_fleet import SITE_BUCKET, VERSIONS_BUCKET
 from sandbox.lambda_fleet import FUNCTION, catalog_entry as lambda_catalog_entry
 from sandbox.fleet import (BLUE_SERVICE, CLUSTER, CONTAINER, DB_INSTANCE, DB_SECRET, GREEN_SERVICE,
@@ -64,10 +65,30 @@ def _service(base: str, ecs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def alert_rules() -> list[dict[str, Any]]:
+    """The runbook's Common Rollback Scenarios as receiver.py's alert rules (first match wins)."""
+    return [
+        # Scenario 1, High Error Rate: application service rollback. requested_by
+        # "alertmanager:high-error-rate" is in the policy's automation_may_proceed: no waiting.
+        {"name": "high-error-rate", "match": {"alertname": "HighErrorRate"}, "kind": "service",
+         "input": {"service": "{labels.service}"}},
+        # Scenario 2, Performance Degradation: service rollback, after a human approves.
+        {"name": "high-latency", "match": {"alertname": "HighLatencyP95"}, "kind": "service",
+         "input": {"service": "{labels.service}"}},
+        # Scenario 4, Business Metric Drop: disable the feature flag the alert names (the newest feature).
+        {"name": "business-metric-drop", "match": {"alertname": "BusinessMetricDrop"}, "kind": "flag",
+         "input": {"flag": "{labels.flag}", "action": "disable", "all_cities": True}},
+        # Scenario 5, Security Vulnerability: the kill switch, at SEV-4 ("security breach").
+        {"name": "security-vulnerability", "match_re": {"alertname": "SecurityVulnerability|ActiveExploit"},
+         "kind": "flag", "input": {"flag": "{labels.flag}", "action": "kill_switch"},
+         "severity": {"map": {}, "default": "SEV-4"}},
+    ]
+
+
 def catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
     """People and services as plain data; without a fleet, only ``api`` (no ALB ARNs to name)."""
     http_base = http_base.rstrip("/")
-    services = {"api": _service(f"{http_base}/api", _ecs(SERVICE))}
+    services = {"api": {**_service(f"{http_base}/api", _ecs(SERVICE)), "auto_rollback": True}}
     if fleet is not None:
         bg = _service(f"{http_base}/api-bg", _ecs(BLUE_SERVICE))
         bg["blue_green"] = {
@@ -85,6 +106,7 @@ def catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
                    "dbas": ["erin"], "security": ["frank"]},
         "services": services,
         "sites": {"web": site},
+        **config_catalog_entries(),  # flag_stores, flags, configs (names only: no random ids)
     }
 
 
@@ -116,9 +138,10 @@ def databases_dict(http_base: str) -> dict[str, Any]:
 
 
 def full_catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
-    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict`` and the Lambda function."""
+    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``, the Lambda function and
+    the alert rules."""
     return {**catalog_dict(http_base, fleet), "databases": databases_dict(http_base),
-            "functions": {FUNCTION: lambda_catalog_entry()}}
+            "functions": {FUNCTION: lambda_catalog_entry()}, "alert_rules": alert_rules()}
 
 
 def render(http_base: str, fleet: Fleet | None) -> str:

@@ -15,6 +15,10 @@ What ``seed`` creates (idempotently):
   endpoint). moto has no database engine behind its instances: nothing answers SQL there.
 - The runbook's Lambda function ``rastup-search-indexer``: published versions 1..4 and alias
   ``production`` on 4 (see ``sandbox.lambda_fleet``: moto numbers versions from 1, not 42).
+- The runbook's configuration (``sandbox.appconfig_fleet``): AppConfig application ``rastup``,
+  environment ``production``, feature flags (``new_feature_enabled`` per city,
+  ``payments_disabled`` kill switch) and ``app-settings`` (version 2 deployed after 1); the
+  secret ``rastup/prod/api-key`` with two versions (AWSCURRENT the new one).
 
 Every service has desiredCount ``DESIRED_COUNT``; moto must run with
 ``MOTO_ECS_SERVICE_RUNNING`` equal to it (see ``sandbox.moto_server``) so they look settled.
@@ -30,6 +34,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
+from sandbox.appconfig_fleet import seed_config
 from sandbox.frontend_fleet import seed_frontend
 from sandbox.lambda_fleet import seed_lambda
 
@@ -158,6 +163,7 @@ def seed(endpoint_url: str, region: str = REGION) -> Fleet:
     _ensure_db_snapshot(rds)
     _ensure_db_secret(secrets, db_host, db_port)
     seed_lambda(endpoint_url, region)  # rastup-search-indexer, versions 1..4, production on 4
+    seed_config(endpoint_url, region)  # AppConfig flags and app-settings, secret rastup/prod/api-key
     distribution = seed_frontend(client("s3", endpoint_url, region), client("cloudfront", endpoint_url, region),
                                  region)
     return Fleet(region=region, cluster=CLUSTER, listener_arn=listener,

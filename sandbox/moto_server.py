@@ -11,9 +11,31 @@ import os
 import socket
 
 import httpx
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
+from sandbox.appconfig_standin import AppConfigStandIn
 from sandbox.fleet import DESIRED_COUNT
+
+# The sandbox's AppConfig deployments take a stage (DEPLOYING -> BAKING -> COMPLETE) per poll
+# of GetDeployment or per this many seconds (see sandbox/appconfig_standin.py).
+APPCONFIG_SECONDS_PER_STAGE = 3.0
+
+
+class _MotoServer(ThreadedMotoServer):
+    """ThreadedMotoServer with the AppConfig stand-in in front of moto's app (moto lacks
+    AppConfig environments, deployments and the AppConfig Data plane)."""
+
+    appconfig: AppConfigStandIn | None = None
+
+    def _server_entry(self) -> None:  # ThreadedMotoServer's own, with the app wrapped
+        self.appconfig = AppConfigStandIn(DomainDispatcherApplication(create_backend_app),
+                                          seconds_per_stage=APPCONFIG_SECONDS_PER_STAGE)
+        self._server = make_server(self._ip_address, self._port, self.appconfig, True,
+                                   request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
 
 
 def start_moto(port: int) -> tuple[ThreadedMotoServer, str]:
@@ -23,13 +45,14 @@ def start_moto(port: int) -> tuple[ThreadedMotoServer, str]:
     os.getenv) whenever an ECS service is created, and without it every service reports
     runningCount 0, so it never looks settled. It must be set before the fleet is seeded.
     Also quiets the ``werkzeug`` logger (request lines), unless it already has a level.
+    In front of moto runs the AppConfig stand-in (``sandbox.appconfig_standin``).
     """
     _check_free(port)
     os.environ["MOTO_ECS_SERVICE_RUNNING"] = str(DESIRED_COUNT)
     werkzeug = logging.getLogger("werkzeug")
     if werkzeug.level == logging.NOTSET:
         werkzeug.setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = _MotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, bound = server.get_host_and_port()
     return server, f"http://{host}:{bound}"

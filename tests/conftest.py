@@ -113,7 +113,7 @@ def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> RunCa
     """The sandbox catalog with per-test service names; ``policy`` overrides the runbook's."""
     data = catalog_dict(aws.http_base, aws.fleet)
     suffix = uuid.uuid4().hex[:6]
-    for section in ("services", "sites", "functions"):
+    for section in ("services", "sites", "functions", "stacks", "flags", "configs"):
         data[section] = {f"{k}-{suffix}": v for k, v in data.get(section, {}).items()}
     data["policy"] = policy or {}
     Catalog.model_validate(data)

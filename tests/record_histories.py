@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.models import Decision, ServiceRollbackInput
+from common.models import Decision, FrontendRollbackInput, LambdaRollbackInput, ServiceRollbackInput
+from sandbox.lambda_fleet import FUNCTION, catalog_entry
+from tests.test_lambda import use_functions
+from workflows.frontend import FrontendRollback
+from workflows.lambda_fn import LambdaRollback
 from tests.conftest import in_process_worker
 from tests.helpers import wait_phase
 from workflows.service import ServiceRollback
@@ -66,3 +70,17 @@ async def test_record(ts_env, aws, catalog):
                                    id="replay-dry-run", task_queue=tq)
         await h.result()
         await save(h, "service_dry_run")
+
+        h = await c.start_workflow(FrontendRollback.run, FrontendRollbackInput(
+            site=catalog.name("web"), strategy="release_sync", to_release="v1.2.2", severity="SEV-2",
+            requested_by="dana", reason="recorded scenario"), id="replay-frontend-sync", task_queue=tq)
+        await h.result()
+        await save(h, "frontend_release_sync_succeeded")
+
+    use_functions(catalog, {FUNCTION: catalog_entry()})
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        h = await ts_env.client.start_workflow(LambdaRollback.run, LambdaRollbackInput(
+            function=catalog.name(FUNCTION), routing_steps=[50, 100], severity="SEV-2", requested_by="dana",
+            reason="recorded scenario"), id="replay-lambda-routing", task_queue=worker.task_queue)
+        await h.result()
+        await save(h, "lambda_routing_succeeded")

@@ -22,6 +22,7 @@ from sandbox.catalog import DEFAULT_HTTP_BASE, STATIC_CATALOG, full_catalog_dict
 from sandbox.fleet import (BAD_VERSION, BLUE_SERVICE, CLUSTER, DB_INSTANCE, DB_SECRET, DB_SNAPSHOT,
                            DESIRED_COUNT, FAMILY, GOOD_VERSION, GREEN_SERVICE, SERVICE, client,
                            image_tag, seed)
+from sandbox.appconfig_fleet import API_KEY_SECRET
 from sandbox.metrics import emit_once
 
 
@@ -182,7 +183,7 @@ def test_seeding_twice_changes_nothing(sandbox: SandboxInfo, ecs: Any) -> None:
     before, dbs_before = inventory(), databases()
     assert before[:6] == (43, 3, 1, 1, 2, 1)
     assert dbs_before[0] == [DB_INSTANCE] and DB_SNAPSHOT in dbs_before[1]
-    assert [name for name, _ in dbs_before[2]] == [DB_SECRET]
+    assert sorted(name for name, _ in dbs_before[2]) == sorted([DB_SECRET, API_KEY_SECRET])
     again: Fleet = seed(sandbox.endpoint_url)
     assert again == sandbox.fleet
     assert inventory() == before

@@ -16,14 +16,16 @@ from temporalio.exceptions import ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
+    from activities.incidents import IncidentActivities, IncidentNote
     from activities.notify import Notification, NotifyActivities
     from activities.temporal_locks import LockActivities, LockHolder, LockRequest
     from common.catalog import Catalog, UnknownTarget
     from common.models import (
-        FINAL_PHASES, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation, Evidence, Phase,
+        FINAL_PHASES, ActionResult, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation, Evidence, Phase,
         Refusal, RollbackRequest, RollbackStatus,
     )
     from common.temporal import KIND, PHASE, SEVERITY, TARGET
+    from workflows.checklist import evaluate as evaluate_checklist
     from workflows.gate import ApprovalGate, ExtraRequirement
     from workflows.options import NOTIFY, call
     from workflows.report import render_report, render_summary
@@ -46,6 +48,7 @@ class RollbackWorkflow:
     """
 
     kind = "rollback"
+    customer_facing = False  # procedures set it from their catalog entry (status page updates)
 
     def __init__(self) -> None:
         self._status: RollbackStatus | None = None
@@ -155,39 +158,80 @@ class RollbackWorkflow:
             self.add_evidence(ev)
         try:
             self.catalog = await call(CatalogActivities.load_catalog)
-            if not request.dry_run and not await self._acquire_lock(target):
-                return self._finish(Phase.refused)
+            if not request.dry_run:
+                if not await self._acquire_lock(target):
+                    return await self._wrap_up(Phase.refused)
+                await self._act("post start to #incidents", self._post_incidents(
+                    f"ROLLBACK STARTED: {self.kind} {target} ({request.severity}) by {request.requested_by}: "
+                    f"{request.reason}. Workflow: {info.workflow_id}"))
             await execute()
-            return self._finish(Phase.planned if request.dry_run else Phase.succeeded)
+            return await self._wrap_up(Phase.planned if request.dry_run else Phase.succeeded)
         except GateClosed:
-            return self._finish(self.s.phase)
+            return await self._wrap_up(self.s.phase)
         except Refused as e:
             self.s.message = f"refused: {e}"
-            return self._finish(Phase.refused)
+            return await self._wrap_up(Phase.refused)
         except asyncio.CancelledError:
             self.s.message = (f"cancelled during {self.s.phase.value}; no further changes were made. "
                               f"State reached: {self._state_reached()}")
-            self._finish(Phase.cancelled)
-            await self._notify(f"{self.kind} rollback of {target} was CANCELLED: {self.s.message}")
+            await self._wrap_up(Phase.cancelled)
             raise
         except (StepFailed, UnknownTarget, FailureError) as e:
             self.s.message = _innermost(e)
-            self._finish(Phase.failed)
-            await self._notify(f"{self.kind} rollback of {target} FAILED: {self.s.message}")
+            await self._wrap_up(Phase.failed)
             raise ApplicationError(self.s.message, type=type(e).__name__, non_retryable=True) from None
         finally:
             await self._release_lock()
 
-    def _finish(self, phase: Phase) -> RollbackStatus:
+    async def _wrap_up(self, phase: Phase) -> RollbackStatus:
+        """The end of every rollback: the validation checklist, the post-rollback actions, the report."""
         self.s.ended_at = workflow.now()
         self.set_phase(phase)
         report = self.timeline.get("Report") if self.timeline else None
         if report is not None and report.state.value == "pending":
             now = workflow.now()
             report.state, report.started_at, report.ended_at = report.state.succeeded, now, now
+        self.s.checklist = evaluate_checklist(self.s)
         self.s.report = render_report(self.s)
+        if not self.s.dry_run:
+            await self._post_rollback_actions(phase)
+            self.s.report = render_report(self.s)  # now with the actions' outcomes
         self._publish()
         return self.s
+
+    async def _post_rollback_actions(self, phase: Phase) -> None:
+        """Runbook "Post-Rollback Actions", Immediate: #incidents, status page, incident ticket.
+        Each is retried, then recorded as failed; none can fail or block the rollback."""
+        title = f"{self.kind} rollback of {self.s.target}: {phase.value}"
+        steps = "\n".join(f"- {st.name}: {st.state.value}" + (f" ({st.detail})" if st.detail else "")
+                          for st in self.s.steps)
+        await self._act("post outcome to #incidents", self._post_incidents(
+            f"ROLLBACK {phase.value.upper()}: {title} ({self.s.severity}). {self.s.message}\n{steps}\n"
+            f"Workflow: {self.s.workflow_id}"))
+        if phase not in (Phase.succeeded, Phase.failed, Phase.cancelled):
+            return  # nothing was changed: no incident to open or announce
+        note = IncidentNote(workflow_id=self.s.workflow_id, title=title, outcome=phase.value,
+                            severity=self.s.severity, body=self.s.report, at=workflow.now())
+        if self.customer_facing:
+            await self._act("update status page", call(IncidentActivities.update_status_page, note, options=NOTIFY))
+        else:
+            self._record_action("update status page", "skipped", f"{self.s.target} is not customer-facing")
+        await self._act("create incident ticket", call(IncidentActivities.create_ticket, note, options=NOTIFY))
+
+    def _post_incidents(self, text: str) -> Awaitable[str]:
+        return call(NotifyActivities.notify, Notification(text=text, workflow_id=self.s.workflow_id), options=NOTIFY)
+
+    async def _act(self, action: str, outcome: Awaitable[str]) -> None:
+        try:
+            detail = await outcome
+        except FailureError as e:
+            self._record_action(action, "failed", _innermost(e))
+            self._event(f"{action} failed: {_innermost(e)}")
+            return
+        self._record_action(action, "not_configured" if detail == "not configured" else "done", detail)
+
+    def _record_action(self, action: str, state: str, detail: str) -> None:
+        self.s.actions.append(ActionResult(action=action, state=state, detail=detail, at=workflow.now()))
 
     def _state_reached(self) -> str:
         done = [st.name for st in self.s.steps if st.state.value == "succeeded"]
@@ -252,7 +296,6 @@ class RollbackWorkflow:
                                   f"(waited for {self.gate.waiting_for()}); nothing was changed")
                 st.detail = self.s.message
                 self.set_phase(Phase.timed_out)
-            await self._notify(f"{self.kind} rollback of {self.s.target}: {self.s.message}")
             raise GateClosed(self.s.message)
 
     async def _remind(self, what: str) -> None:

@@ -22,15 +22,15 @@ with workflow.unsafe.imports_passed_through():
 def endpoint_probes(endpoints: Endpoints, smoke: list[HttpCheck], version: str | None) -> list[HttpProbe]:
     probes = []
     if endpoints.health:
-        probes.append(HttpProbe(name="health", url=endpoints.health))
+        probes.append(HttpProbe(name="health", url=endpoints.health, kind="health"))
     if endpoints.ready:
-        probes.append(HttpProbe(name="ready", url=endpoints.ready))
+        probes.append(HttpProbe(name="ready", url=endpoints.ready, kind="ready"))
     if endpoints.version:
         probes.append(HttpProbe(name="version", url=endpoints.version,
-                                json_field=endpoints.version_field, expected=version))
+                                json_field=endpoints.version_field, expected=version, kind="version"))
     for s in smoke:
         probes.append(HttpProbe(name=f"smoke: {s.name}", url=s.url, expect_status=s.expect_status,
-                                contains=s.contains))
+                                contains=s.contains, kind="smoke"))
     return probes
 
 
@@ -52,10 +52,10 @@ def judge(q: MetricQuery, value: float | None, policy: Policy) -> CheckResult:
             f"at most {t.business_metric_drop_pct:g}% below baseline"
     now = workflow.now()
     if value is None:
-        return CheckResult(name=q.name, ok=None, baseline=q.baseline, limit=limit,
+        return CheckResult(name=q.name, kind=q.kind, ok=None, baseline=q.baseline, limit=limit,
                            detail="no data in the window: not checked", at=now)
     ok = value <= limit if ok_if == "<=" else value >= limit
-    return CheckResult(name=q.name, ok=ok, value=round(value, 4), baseline=q.baseline, limit=round(limit, 4),
+    return CheckResult(name=q.name, kind=q.kind, ok=ok, value=round(value, 4), baseline=q.baseline, limit=round(limit, 4),
                        detail=f"{value:.3g}{q.unit} vs baseline {q.baseline:g}{q.unit} ({rule})", at=now)
 
 
@@ -68,7 +68,7 @@ async def metric_checks(metrics: list[MetricQuery], alarms: list[str], version: 
     results = [judge(q, v.value, policy) for q, v in zip(metrics, values)]
     if alarms:
         firing = await call(CloudWatchActivities.alarms_firing, alarms, options=QUICK)
-        results.append(CheckResult(name="alarms", ok=not firing, value=", ".join(firing) or "none",
+        results.append(CheckResult(name="alarms", kind="alarms", ok=not firing, value=", ".join(firing) or "none",
                                    detail=("in ALARM: " + ", ".join(firing)) if firing else
                                    f"none of {len(alarms)} alarm(s) firing", at=workflow.now()))
     return results

@@ -130,6 +130,8 @@ class DatabaseRollback(RollbackWorkflow):
                 raise StepFailed(f"schema validation failed: the database is at migration {now!r}, expected "
                                  f"{plan.expected_version!r} after rolling back {req.steps} step(s)")
             st.detail = f"database at migration {now}, as expected"
+            self.s.checks = [CheckResult(name="schema version", kind="database", ok=True, value=str(now),
+                                         baseline=plan.expected_version, detail=st.detail, at=workflow.now())]
         await self._smoke(db, COMPAT)
         self.s.message = f"{req.database}: {req.steps} migration(s) rolled back to {plan.expected_version}"
 
@@ -347,7 +349,7 @@ def judge_integrity(c: IntegrityCheck, value, snapshot_time: datetime, now: date
             except ValueError:
                 problems.append("not a timestamp")
     shown = value if not isinstance(value, float) else round(value, 4)
-    return CheckResult(name=c.name, ok=not problems, value=shown,
+    return CheckResult(name=c.name, kind="integrity", ok=not problems, value=shown,
                        detail=f"{c.name} = {shown}" + (": " + ", ".join(problems) if problems else ""), at=now)
 
 

@@ -51,6 +51,7 @@ class FrontendRollback(RollbackWorkflow):
         req, tl = self.request, self.timeline
         assert self.catalog is not None and tl is not None
         site = self.catalog.site(req.site)
+        self.customer_facing = site.customer_facing
         policy = self.catalog.policy
         sync = req.strategy == "release_sync"
         if sync and not site.versions_bucket:
@@ -135,7 +136,7 @@ class FrontendRollback(RollbackWorkflow):
         if site.url:
             expected: str = await call(S3Activities.read_object, ObjectRef(bucket=site.bucket, key=site.index_key))
             results += await http_checks([HttpProbe(name=f"site serves restored {site.index_key}", url=site.url,
-                                                    contains=expected)])
+                                                    contains=expected, kind="version")])
         return results + await self._checks(site)
 
     async def _checks(self, site: Site) -> list[CheckResult]:

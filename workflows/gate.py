@@ -28,6 +28,9 @@ class ExtraRequirement:
     role: Role
     count: int = 1
     label: str | None = None
+    # True: ``count`` is a floor on that role's approvers in total, and the approvers the severity
+    # itself requires from the same role count toward it ("two approvers whatever the severity").
+    at_least: bool = False
 
 
 @dataclass
@@ -73,7 +76,11 @@ class ApprovalGate:
         reqs.append((f"{ROLE_LABEL[rule.approver_role]} ({self.severity})", rule.approvals, frozenset(eligible)))
         for extra in self.extra:
             names = set(getattr(self.people, extra.role)) - {self.requester}
-            reqs.append((extra.label or ROLE_LABEL[extra.role], extra.count, frozenset(names)))
+            count = extra.count
+            if extra.at_least and extra.role == rule.approver_role and not rule.requester_may_approve:
+                count = max(0, count - rule.approvals)
+            if count:
+                reqs.append((extra.label or ROLE_LABEL[extra.role], count, frozenset(names)))
         return reqs
 
     def _slots(self) -> list[_Slot]:

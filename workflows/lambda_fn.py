@@ -202,11 +202,11 @@ class LambdaRollback(RollbackWorkflow):
                                        FunctionRef(function_name=m.fn.function_name, alias=m.before.alias),
                                        options=QUICK)
         except ActivityError as e:
-            return CheckResult(name="alias", ok=None, detail=f"could not read {m.where}: {innermost_message(e)}",
+            return CheckResult(name="alias", kind="version", ok=None, detail=f"could not read {m.where}: {innermost_message(e)}",
                                at=workflow.now())
         ok = a.function_version == m.target and not a.weights
         now = f"version {a.function_version}" + (f" with routing {_shares(a)}" if a.weights else "")
-        return CheckResult(name="alias", ok=ok, value=a.function_version, baseline=m.target, at=workflow.now(),
+        return CheckResult(name="alias", kind="version", ok=ok, value=a.function_version, baseline=m.target, at=workflow.now(),
                            detail=f"{m.where} on {now}" + ("" if ok else f", expected version {m.target} only"))
 
     async def _smoke(self, m: Move) -> CheckResult:
@@ -215,7 +215,7 @@ class LambdaRollback(RollbackWorkflow):
                 function_name=m.fn.function_name, qualifier=m.before.alias, payload=m.fn.smoke_payload),
                 options=QUICK)
         except ActivityError as e:
-            return CheckResult(name="smoke invoke", ok=False, at=workflow.now(),
+            return CheckResult(name="smoke invoke", kind="smoke", ok=False, at=workflow.now(),
                                detail=f"invoking {m.where} failed: {innermost_message(e)}")
         wrong_version = r.executed_version not in (None, m.target)
         ok = r.status_code == 200 and not r.function_error and not wrong_version
@@ -224,7 +224,7 @@ class LambdaRollback(RollbackWorkflow):
             detail += f", function error {r.function_error}: {r.payload[:200]}"
         if r.executed_version:
             detail += f", executed version {r.executed_version}" + (f" (expected {m.target})" if wrong_version else "")
-        return CheckResult(name="smoke invoke", ok=ok, value=r.status_code, detail=detail, at=workflow.now())
+        return CheckResult(name="smoke invoke", kind="smoke", ok=ok, value=r.status_code, detail=detail, at=workflow.now())
 
     # --- helpers ---------------------------------------------------------------------
 

@@ -59,6 +59,13 @@ def render_report(s: RollbackStatus) -> str:
         lines += ["", "## Latest checks", ""] + [
             f"- {'passed' if c.ok else 'not checked' if c.ok is None else 'FAILED'}: {c.name}: {c.detail}"
             for c in s.checks]
+    if s.checklist:
+        lines += ["", "## Rollback validation checklist", ""] + [
+            f"- [{'x' if i.state == 'passed' else ' '}] {i.item}: **{i.state}**" + (f" — {i.evidence}" if i.evidence else "")
+            for i in s.checklist]
+    if s.actions:
+        lines += ["", "## Post-rollback actions", ""] + [f"- {a.action}: {a.state}" + (f" ({a.detail})" if a.detail else "")
+                                                       for a in s.actions]
     if s.regressions:
         lines += ["", "## Regressions during monitoring", ""] + [f"- {_t(c.at)} {c.name}: {c.detail}"
                                                                 for c in s.regressions]

@@ -45,6 +45,7 @@ class ServiceRollback(RollbackWorkflow):
         req = self.request
         assert self.catalog is not None and self.timeline is not None
         svc = self.catalog.service(req.service)
+        self.customer_facing = svc.customer_facing
         policy = self.catalog.policy
         if req.rollout_percentages and svc.blue_green is None:
             raise StepFailed(f"rollout_percentages needs a blue/green service, and {req.service!r} has no "

@@ -3,13 +3,15 @@
 - counts the AWS actions it serves (so tests can prove "each change applied once"), and
 - answers chosen actions with injected faults (ThrottlingException, 500, AccessDenied),
 
-because moto itself has no fault injection (see ../shared/PLATFORM.md).
+because moto itself has no fault injection (see ../shared/PLATFORM.md). Under it, the
+sandbox's AppConfig stand-in (``sandbox/appconfig_standin.py``) adds what moto lacks of AppConfig.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from urllib.parse import parse_qs
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
+
+from sandbox.appconfig_standin import AppConfigStandIn
 
 FAULTS = {
     "throttle": (400, "ThrottlingException", "Rate exceeded"),
@@ -33,6 +37,7 @@ class FaultyMoto:
     calls: Counter = field(default_factory=Counter)
     faults: dict[str, list[str]] = field(default_factory=dict)  # action -> queue of fault names
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    appconfig: AppConfigStandIn | None = None  # the AppConfig stand-in under this layer (set by serve)
 
     def inject(self, action: str, *faults: str) -> None:
         with self._lock:
@@ -59,8 +64,11 @@ class FaultyMoto:
 
     @staticmethod
     def _rest_action(environ: dict) -> str | None:
-        """REST-style APIs (S3, CloudFront) name the action by method and path, not a header."""
+        """REST-style APIs (S3, CloudFront, AppConfig) name the action by method and path, not a header."""
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        appconfig = _appconfig_action(method, path.rstrip("/"))
+        if appconfig:
+            return appconfig
         if "/distribution/" in path and "/invalidation" in path:
             if method == "POST":
                 return "CreateInvalidation"
@@ -100,9 +108,33 @@ class FaultyMoto:
         return middleware
 
     def serve(self, port: int = 0) -> tuple[str, "callable"]:
-        app = self.wrap(DomainDispatcherApplication(create_backend_app))
+        self.appconfig = AppConfigStandIn(DomainDispatcherApplication(create_backend_app))
+        app = self.wrap(self.appconfig)
         server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         host, real_port = server.server_address[:2]
         return f"http://{host}:{real_port}", server.shutdown
+
+
+_APPCONFIG = [  # (method, path pattern, action): the AppConfig calls tests count
+    ("POST", r"/applications/[^/]+/configurationprofiles/[^/]+/hostedconfigurationversions",
+     "CreateHostedConfigurationVersion"),
+    ("GET", r"/applications/[^/]+/configurationprofiles/[^/]+/hostedconfigurationversions/\d+",
+     "GetHostedConfigurationVersion"),
+    ("GET", r"/applications/[^/]+/configurationprofiles/[^/]+/hostedconfigurationversions",
+     "ListHostedConfigurationVersions"),
+    ("POST", r"/applications/[^/]+/environments/[^/]+/deployments", "StartDeployment"),
+    ("GET", r"/applications/[^/]+/environments/[^/]+/deployments/\d+", "GetDeployment"),
+    ("GET", r"/applications/[^/]+/environments/[^/]+/deployments", "ListDeployments"),
+    ("DELETE", r"/applications/[^/]+/environments/[^/]+/deployments/\d+", "StopDeployment"),
+    ("POST", r"/configurationsessions", "StartConfigurationSession"),
+    ("GET", r"/configuration", "GetLatestConfiguration"),
+]
+
+
+def _appconfig_action(method: str, path: str) -> str | None:
+    for m, pattern, action in _APPCONFIG:
+        if m == method and re.fullmatch(pattern, path):
+            return action
+    return None

@@ -1,0 +1,102 @@
+"""The runbook's Post-Rollback Actions towards outside systems: the status page
+(Statuspage-style API) and the incident ticket (a generic HTTP endpoint or PagerDuty
+Events v2, with the short- and long-term follow-ups as reminders). Tokens never leave here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import httpx
+from pydantic import BaseModel, SecretStr
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+# Runbook: Post-Rollback Actions, "Short-term (< 24 hours)" and "Long-term (< 1 week)".
+FOLLOW_UPS = [
+    ("Root cause analysis", timedelta(hours=24)),
+    ("Document lessons learned", timedelta(hours=24)),
+    ("Update deployment checklist", timedelta(hours=24)),
+    ("Schedule post-mortem meeting", timedelta(hours=24)),
+    ("Conduct post-mortem", timedelta(days=7)),
+    ("Create action items to prevent recurrence", timedelta(days=7)),
+    ("Update runbooks and documentation", timedelta(days=7)),
+    ("Improve monitoring and alerting", timedelta(days=7)),
+    ("Add new tests to catch issue earlier", timedelta(days=7)),
+]
+
+
+class IncidentNote(BaseModel):
+    workflow_id: str
+    title: str  # e.g. "service rollback of api: succeeded"
+    outcome: str  # the phase
+    severity: str
+    body: str  # Markdown: the report
+    at: datetime
+
+
+class IncidentSettings(BaseModel):
+    statuspage_url: str | None = None  # e.g. https://api.statuspage.io/v1/pages/<page_id>
+    statuspage_token: SecretStr | None = None
+    ticket_url: str | None = None  # generic: POST JSON here
+    ticket_token: SecretStr | None = None
+    pagerduty_routing_key: SecretStr | None = None
+    pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+
+
+def _post(url: str, payload: dict, headers: dict[str, str], what: str) -> dict:
+    try:
+        resp = httpx.post(url, json=payload, headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        raise ApplicationError(f"{what}: {type(e).__name__}", type="NotifyFailed") from None
+    if resp.status_code >= 400:
+        raise ApplicationError(f"{what}: answered {resp.status_code}", type="NotifyFailed",
+                               non_retryable=400 <= resp.status_code < 500 and resp.status_code != 429)
+    try:
+        return resp.json()
+    except ValueError:
+        return {}
+
+
+class IncidentActivities:
+    def __init__(self, settings: IncidentSettings) -> None:
+        self._s = settings
+
+    @activity.defn
+    def update_status_page(self, note: IncidentNote) -> str:
+        """Post an incident update ("resolved" when the rollback succeeded, else "identified")."""
+        if not self._s.statuspage_url:
+            return "not configured"
+        status = "resolved" if note.outcome == "succeeded" else "identified"
+        headers = {"Authorization": f"OAuth {self._s.statuspage_token.get_secret_value()}"} \
+            if self._s.statuspage_token else {}
+        body = _post(f"{self._s.statuspage_url.rstrip('/')}/incidents", {"incident": {
+            "name": note.title, "status": status, "impact_override": "minor",
+            "body": f"We rolled back a change ({note.severity}). Outcome: {note.outcome}.",
+            "metadata": {"rollback": {"workflow_id": note.workflow_id}}}}, headers, "status page")
+        return f"status page incident {body.get('id', '')} ({status})".strip()
+
+    @activity.defn
+    def create_ticket(self, note: IncidentNote) -> str:
+        """Create the incident ticket with the follow-ups as dated reminders."""
+        follow_ups = [{"what": what, "due": (note.at + after).isoformat()} for what, after in FOLLOW_UPS]
+        if self._s.pagerduty_routing_key:
+            body = _post(self._s.pagerduty_url, {
+                "routing_key": self._s.pagerduty_routing_key.get_secret_value(),
+                "event_action": "trigger",
+                "dedup_key": note.workflow_id,
+                "payload": {"summary": note.title, "source": "rollback-orchestrator",
+                            "severity": "critical" if note.severity in ("SEV-3", "SEV-4") else "warning",
+                            "custom_details": {"outcome": note.outcome, "timeline": note.body,
+                                               "follow_ups": follow_ups}},
+            }, {}, "PagerDuty")
+            return f"PagerDuty event {body.get('dedup_key', note.workflow_id)}"
+        if self._s.ticket_url:
+            headers = {"Authorization": f"Bearer {self._s.ticket_token.get_secret_value()}"} \
+                if self._s.ticket_token else {}
+            body = _post(self._s.ticket_url, {
+                "title": note.title, "severity": note.severity, "outcome": note.outcome,
+                "external_id": note.workflow_id, "description": note.body, "follow_ups": follow_ups,
+            }, headers, "ticket endpoint")
+            return f"ticket {body.get('id', note.workflow_id)}"
+        return "not configured"

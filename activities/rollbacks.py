@@ -1,0 +1,37 @@
+"""Temporal as the outside system: starting a rollback from a workflow (the auto-rollback check),
+through the same API and one-per-target rule as the CLI and the alert receiver."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from common.api import BadRequest, Rollbacks, Started
+from common.models import Evidence
+
+
+class StartOrJoin(BaseModel):
+    kind: str
+    fields: dict[str, Any]
+    evidence: Evidence
+    not_before: datetime | None = None
+
+
+class RollbackStartActivities:
+    def __init__(self, client: Client, task_queue: str, catalog_path: Path) -> None:
+        self._api = Rollbacks(client, task_queue, catalog_path)
+
+    @activity.defn
+    async def start_or_join_rollback(self, req: StartOrJoin) -> Started:
+        """Start the target's rollback or add the evidence to the running one (never two).
+        A retry after a lost answer joins the rollback the first attempt started."""
+        try:
+            return await self._api.start_or_join(req.kind, req.fields, req.evidence, not_before=req.not_before)
+        except BadRequest as e:
+            raise ApplicationError(str(e), type="InvalidRequest", non_retryable=True) from None

@@ -1,0 +1,540 @@
+"""The programmatic API: start, follow and decide rollbacks. One code path for ``starter.py``,
+the alert receiver (``receiver.py``), the auto-rollback schedule and any other tool.
+
+    rollbacks = Rollbacks(client, task_queue="rollbacks", catalog_path="catalog.yaml")
+    started = await rollbacks.start("service", {"service": "api", "severity": "SEV-2",
+                                                "requested_by": "dana", "reason": "errors after v1.2.3"})
+    started = await rollbacks.start_or_join("service", fields, Evidence(source="alertmanager", ...))
+    status = await rollbacks.status("service", "api")          # or a workflow id
+    outcome = await rollbacks.approve("service", "api", approver="alice", comment="go")
+
+Requests are validated exactly as the workflow validates its input, plus the catalog name
+when the catalog is readable. Errors are typed (``BadRequest``, ``NoSuchRollback``,
+``AlreadyRunning``, ...), each with a message for a person that names the field or thing and
+the fix, and ``code``: the exit code ``starter.py`` uses for it.
+
+The one-per-target rule: a rollback started here has the workflow id ``rollback-<kind>-<target>``.
+``start`` refuses while one runs; ``start_or_join`` (signal-with-start of ``add_evidence``)
+starts it or attaches the evidence to the running one, so any number of concurrent callers
+(an alert storm) produce exactly one workflow.
+
+The auto-rollback schedule (runbook "Automation") is managed here too:
+``ensure_auto_rollback_schedule`` (called by the worker at start-up), ``pause_schedule``,
+``resume_schedule``, ``describe_schedule``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+from pydantic import BaseModel, ValidationError
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import (
+    Client, Schedule, ScheduleActionStartWorkflow, ScheduleAlreadyRunningError, ScheduleIntervalSpec,
+    ScheduleOverlapPolicy, SchedulePolicy, ScheduleSpec, ScheduleState, ScheduleUpdate, ScheduleUpdateInput,
+    WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from common.catalog import Catalog, CatalogError, UnknownTarget, load_catalog
+from common.models import (
+    ConfigRollbackInput, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Evidence, FeatureFlagRollbackInput,
+    FrontendRollbackInput, InfraRollbackInput, LambdaRollbackInput, Phase, RollbackStatus, ServiceRollbackInput,
+)
+from common.temporal import KIND, PHASE, SEVERITY, TARGET
+
+# kind -> (workflow type, input model, the input field naming the target)
+PROCEDURES: dict[str, tuple[str, type, str]] = {
+    "service": ("ServiceRollback", ServiceRollbackInput, "service"),
+    "database": ("DatabaseRollback", DatabaseRollbackInput, "database"),
+    "frontend": ("FrontendRollback", FrontendRollbackInput, "site"),
+    "lambda": ("LambdaRollback", LambdaRollbackInput, "function"),
+    "infra": ("InfraRollback", InfraRollbackInput, "stack"),
+    "flag": ("FeatureFlagRollback", FeatureFlagRollbackInput, "flag"),
+    "config": ("ConfigRollback", ConfigRollbackInput, "target"),
+}
+# kind -> the catalog's lookup method for that kind's targets (its section is the plural)
+CATALOG_LOOKUP = {"service": "service", "database": "database", "frontend": "site", "lambda": "function",
+                  "infra": "stack", "flag": "flag", "config": "config"}
+
+QUERY_TIMEOUT = timedelta(seconds=5)  # a worker answers a query in milliseconds
+UPDATE_TIMEOUT = timedelta(seconds=20)
+POLL_SECONDS = 1.0
+GATE_WAIT_SECONDS = 30
+
+
+# --- errors ------------------------------------------------------------------------------
+
+class RollbackError(Exception):
+    """Something a person must know; ``code`` is starter.py's exit code for it."""
+
+    code = 1
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(RollbackError):
+    """Invalid input or an unknown target. ``problems``: (field, message) pairs."""
+
+    code = 2
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class NoSuchRollback(RollbackError):
+    code = 2
+
+
+class NotARollback(RollbackError):
+    code = 2
+
+
+class AlreadyRunning(RollbackError):
+    def __init__(self, message: str, workflow_id: str) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+
+
+class RollbackEnded(RollbackError):
+    """The rollback has ended: there is nothing to steer."""
+
+
+class NotRecorded(RollbackError):
+    """The workflow refused the decision (e.g. no approval pending)."""
+
+
+class NoWorker(RollbackError):
+    """No worker answered: the request may not have been seen."""
+
+    code = 3
+
+
+# --- requests ----------------------------------------------------------------------------
+
+def workflow_id(kind: str, target: str) -> str:
+    return f"rollback-{kind}-{target}"
+
+
+def target_of(request: Any, target_field: str) -> str:
+    """What the rollback acts on: the target field, or the model's own ``target`` (a Lambda fleet)."""
+    return getattr(request, "target", None) or getattr(request, target_field)
+
+
+def procedure(kind: str) -> tuple[str, type, str]:
+    try:
+        return PROCEDURES[kind]
+    except KeyError:
+        raise BadRequest(f"unknown kind {kind!r} (known: {', '.join(sorted(PROCEDURES))})",
+                         [("kind", "unknown procedure")]) from None
+
+
+def describe_validation(e: ValidationError, what: str = "rollback request",
+                        names: Mapping[str, str] | None = None) -> BadRequest:
+    """A BadRequest naming each bad field (as ``names`` calls it, e.g. a CLI option) and the problem."""
+    lines, problems = [], []
+    for x in e.errors():
+        field = ".".join(str(p) for p in x["loc"][:1]) or "input"
+        flag = (names or {}).get(field, field)
+        name = f"{flag} ({field})" if flag.startswith("--") and flag[2:] != field else flag
+        msg = x["msg"].removeprefix("Value error, ")
+        lines.append(f"  - {name}: {msg}")
+        problems.append((field, msg))
+    return BadRequest(f"invalid {what}:\n" + "\n".join(lines), problems)
+
+
+_catalog_cache: dict[Path, tuple[int, Catalog]] = {}
+
+
+def read_catalog(path: str | Path | None, strict: bool = False) -> Catalog | None:
+    """The catalog at ``path`` (cached until the file changes); None if it cannot be read,
+    or with ``strict`` a CatalogError saying why."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = None  # load_catalog says why
+    cached = _catalog_cache.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    try:
+        catalog = load_catalog(path)
+    except (OSError, CatalogError, ValueError) as e:
+        if strict:
+            raise e if isinstance(e, CatalogError) else CatalogError(f"{path}: {e}") from None
+        return None  # the worker's catalog decides; it answers with the same message
+    if mtime is not None:
+        _catalog_cache[path] = (mtime, catalog)
+    return catalog
+
+
+def check_target(catalog_path: str | Path | None, kind: str, target: str) -> None:
+    """Raise BadRequest if the catalog is readable and ``target`` is not in it."""
+    catalog = read_catalog(catalog_path)
+    if catalog is None or target.startswith("rollback-") or kind not in CATALOG_LOOKUP:
+        return
+    try:
+        for name in target.split(","):  # a Lambda fleet names several functions
+            getattr(catalog, CATALOG_LOOKUP[kind])(name)
+    except UnknownTarget as e:
+        raise BadRequest(str(e), [(procedure(kind)[2], str(e))]) from None
+
+
+def build_request(kind: str, fields: Mapping[str, Any] | BaseModel, catalog_path: str | Path | None = None,
+                  names: Mapping[str, str] | None = None) -> Any:
+    """Validate a request as the workflow will (fields left None are left out), plus the catalog name."""
+    _, model, target_field = procedure(kind)
+    if isinstance(fields, BaseModel):
+        fields = fields.model_dump(exclude_unset=True)
+    try:
+        request = model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        raise describe_validation(e, names=names) from None
+    check_target(catalog_path, kind, target_of(request, target_field))
+    return request
+
+
+def state(status: WorkflowExecutionStatus | None) -> str:
+    """A workflow execution's state as a word ("running", "completed", "cancelled", ...)."""
+    return status.name.lower().replace("canceled", "cancelled") if status else "closed"
+
+
+class Started(BaseModel):
+    """What ``start``/``start_or_join`` did."""
+
+    kind: str
+    target: str
+    workflow_id: str
+    run_id: str
+    started: bool  # True: this call started the workflow
+    outcome: Literal["started", "joined", "handled"]  # handled: an earlier run ended after `not_before`
+    message: str = ""
+
+
+# --- the API -----------------------------------------------------------------------------
+
+class Rollbacks:
+    """Start and steer rollbacks on one task queue, validating against one catalog.
+
+    ``names`` maps input fields to what the caller's user typed (starter.py: ``--severity``),
+    so error messages name what they can fix.
+    """
+
+    def __init__(self, client: Client, task_queue: str, catalog_path: str | Path | None = None, *,
+                 names: Mapping[str, str] | None = None) -> None:
+        self.client, self.task_queue, self.catalog_path = client, task_queue, catalog_path
+        self.names = names
+
+    # --- requests and starts ---
+
+    def build_request(self, kind: str, fields: Mapping[str, Any] | BaseModel) -> Any:
+        return build_request(kind, fields, self.catalog_path, self.names)
+
+    def check_target(self, kind: str, target: str) -> None:
+        check_target(self.catalog_path, kind, target)
+
+    def _search_attributes(self, kind: str, target: str, request: Any) -> TypedSearchAttributes:
+        return TypedSearchAttributes([
+            SearchAttributePair(KIND, kind), SearchAttributePair(TARGET, target),
+            SearchAttributePair(SEVERITY, request.severity), SearchAttributePair(PHASE, Phase.starting.value)])
+
+    async def start(self, kind: str, request: Mapping[str, Any] | BaseModel, *,
+                    wf_id: str | None = None) -> Started:
+        """Start a rollback with the one-per-target workflow id; AlreadyRunning if one is running."""
+        wf_type, model, target_field = procedure(kind)
+        if not isinstance(request, model):
+            request = self.build_request(kind, request)
+        target = target_of(request, target_field)
+        self.check_target(kind, target)  # a model built elsewhere: its target still must be in the catalog
+        wf_id = wf_id or workflow_id(kind, target)
+        try:
+            handle = await self.client.start_workflow(
+                wf_type, request, id=wf_id, task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                search_attributes=self._search_attributes(kind, target, request))
+        except WorkflowAlreadyStartedError:
+            raise AlreadyRunning(f"a rollback of {kind} {target!r} is already running as workflow {wf_id}; "
+                                 f"follow it with 'starter.py status {target}' or cancel it first", wf_id) from None
+        return Started(kind=kind, target=target, workflow_id=wf_id, run_id=handle.result_run_id or "",
+                       started=True, outcome="started", message=f"started {wf_id}")
+
+    async def start_or_join(self, kind: str, request: Mapping[str, Any] | BaseModel, evidence: Evidence, *,
+                            not_before: datetime | None = None) -> Started:
+        """Start the target's rollback, or attach ``evidence`` to the one running: never two.
+
+        Signal-with-start of ``add_evidence`` on ``rollback-<kind>-<target>``: Temporal serialises
+        concurrent calls on the id, so exactly one of them starts the workflow. The evidence is in
+        the status either way (the starter's too).
+
+        ``not_before`` (e.g. when an alert began): if the target's last rollback ENDED after it,
+        that rollback already answered this alert and nothing is started again (a still-firing
+        alert right after a rollback must not roll back a second version).
+        """
+        wf_type, model, target_field = procedure(kind)
+        if not isinstance(request, model):
+            request = self.build_request(kind, request)
+        target = target_of(request, target_field)
+        self.check_target(kind, target)  # a model built elsewhere: its target still must be in the catalog
+        wf_id = workflow_id(kind, target)
+        if not_before is not None:
+            handled = await self._ended_since(kind, target, wf_id, not_before)
+            if handled is not None:
+                return handled
+        handle = await self.client.start_workflow(
+            wf_type, request, id=wf_id, task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            start_signal="add_evidence", start_signal_args=[evidence],
+            search_attributes=self._search_attributes(kind, target, request))
+        resp = getattr(handle, "_start_workflow_response", None)
+        started = bool(getattr(resp, "started", False))
+        return Started(kind=kind, target=target, workflow_id=wf_id, run_id=handle.result_run_id or "",
+                       started=started, outcome="started" if started else "joined",
+                       message=(f"started {wf_id}" if started else
+                                f"joined {wf_id}: a rollback of {kind} {target!r} is already running; "
+                                "the alert is recorded as evidence in its status"))
+
+    async def _ended_since(self, kind: str, target: str, wf_id: str, since: datetime) -> Started | None:
+        try:
+            desc = await self.client.get_workflow_handle(wf_id).describe()
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if desc.status == WorkflowExecutionStatus.RUNNING or desc.close_time is None:
+            return None
+        since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+        if desc.close_time < since:
+            return None
+        phase = desc.typed_search_attributes.get(PHASE) or state(desc.status)
+        return Started(kind=kind, target=target, workflow_id=wf_id, run_id=desc.run_id, started=False,
+                       outcome="handled",
+                       message=(f"not started again: {wf_id} ended ({phase}) at {desc.close_time:%Y-%m-%d %H:%M:%S}Z, "
+                                f"after this alert began at {since.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}Z; "
+                                "a new alert (a later start time) starts a new rollback"))
+
+    async def worker_polling(self) -> bool:
+        resp = await self.client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+            namespace=self.client.namespace, task_queue=TaskQueue(name=self.task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
+        return bool(resp.pollers)
+
+    # --- following ---
+
+    def handle(self, kind: str, target: str) -> WorkflowHandle:
+        """A catalog name means its one-per-target workflow; anything else is a workflow id (e.g. from the Web UI)."""
+        catalog = read_catalog(self.catalog_path)
+        section = getattr(catalog, CATALOG_LOOKUP.get(kind, kind) + "s", None) if catalog is not None else None
+        is_name = not target.startswith("rollback-") and (
+            catalog is None or section is None or all(n in section for n in target.split(",")))
+        return self.client.get_workflow_handle(workflow_id(kind, target) if is_name else target)
+
+    def no_worker(self, what: str) -> NoWorker:
+        return NoWorker(f"no worker answered {what} within a few seconds: is the rollback worker running "
+                        f"('make run', task queue {self.task_queue!r}, set by ROLLBACK_TASK_QUEUE)?")
+
+    async def not_running(self, handle: WorkflowHandle, kind: str, target: str) -> RollbackError:
+        """Why there is no running rollback to act on: it ended (exit 1) or never existed (exit 2)."""
+        try:
+            desc = await handle.describe()
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:
+                raise
+            self.check_target(kind, target)  # a typo is the likeliest cause: say so
+            return NoSuchRollback(f"no rollback workflow {handle.id!r}; 'starter.py list' shows the running ones")
+        return RollbackEnded(f"rollback {handle.id} has already ended ({state(desc.status)}); "
+                             f"'starter.py status {target}' shows how it ended")
+
+    async def query_status(self, handle: WorkflowHandle) -> RollbackStatus | None:
+        """The workflow's status; None if it has not run its first step yet. Raises RPCError NOT_FOUND."""
+        try:
+            return await handle.query("status", result_type=RollbackStatus, rpc_timeout=QUERY_TIMEOUT)
+        except WorkflowQueryFailedError as e:
+            raise NotARollback(f"workflow {handle.id} is not a rollback (it has no status): {e.message}") from None
+        except RPCError as e:
+            if e.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise self.no_worker(f"about {handle.id}") from None
+            if e.status == RPCStatusCode.FAILED_PRECONDITION:  # e.g. ended before any worker ran it
+                desc = await handle.describe()
+                raise RollbackEnded(f"workflow {handle.id} is {state(desc.status)} and has no rollback status: "
+                                    f"{e.message}") from None
+            raise
+
+    async def fetch_status(self, handle: WorkflowHandle, kind: str, target: str) -> RollbackStatus:
+        for _ in range(10):  # None only for the moment between the start and its first workflow task
+            try:
+                status = await self.query_status(handle)
+            except RPCError as e:
+                if e.status == RPCStatusCode.NOT_FOUND:
+                    raise await self.not_running(handle, kind, target) from None
+                raise
+            if status is not None:
+                return status
+            await asyncio.sleep(0.5)
+        raise RollbackError(f"workflow {handle.id} has not started its first step yet; try again in a moment")
+
+    async def status(self, kind: str, target_or_id: str) -> RollbackStatus:
+        """Where a rollback stands: a catalog name (its one-per-target workflow) or a workflow id."""
+        return await self.fetch_status(self.handle(kind, target_or_id), kind, target_or_id)
+
+    # --- deciding ---
+
+    async def wait_for_approval_step(self, handle: WorkflowHandle, kind: str, target: str,
+                                     on_wait: Callable[[str], None] | None = None) -> None:
+        """An approver can be quicker than the first steps: wait a little for the approval step to open."""
+        deadline, said = time.monotonic() + GATE_WAIT_SECONDS, False
+        while True:
+            try:
+                s = await self.query_status(handle)
+            except RPCError as e:
+                if e.status == RPCStatusCode.NOT_FOUND:
+                    raise await self.not_running(handle, kind, target) from None
+                raise
+            if (s is not None and s.phase != Phase.starting) or time.monotonic() > deadline:
+                return  # the workflow itself says whether the decision can be taken now
+            if not said and on_wait is not None:
+                step = next((st.name for st in s.steps if st.state.value == "running"), "") if s else ""
+                on_wait(f"{handle.id} is still starting{f' ({step})' if step else ''}; waiting up to "
+                        f"{GATE_WAIT_SECONDS:g}s for its approval step ...")
+            said = True
+            await asyncio.sleep(POLL_SECONDS / 2)
+
+    async def decide(self, kind: str, target: str, decision: Literal["approve", "reject"], approver: str,
+                     comment: str = "", reason: str = "",
+                     on_wait: Callable[[str], None] | None = None) -> DecisionOutcome:
+        """Approve or reject through the ``decide`` update; the outcome says whether it counted."""
+        handle = self.handle(kind, target)
+        try:
+            req = DecisionRequest(decision=decision, approver=approver, comment=comment or "", reason=reason or "")
+        except ValidationError as ve:
+            raise describe_validation(ve, "decision", self.names) from None
+        await self.wait_for_approval_step(handle, kind, target, on_wait)
+        try:
+            return await handle.execute_update("decide", req, result_type=DecisionOutcome,
+                                               rpc_timeout=UPDATE_TIMEOUT)
+        except WorkflowUpdateFailedError as e:
+            raise NotRecorded(f"not recorded: {e.cause.message if e.cause else e}") from None
+        except WorkflowUpdateRPCTimeoutOrCancelledError:
+            raise NoWorker(f"no answer from the workflow within {UPDATE_TIMEOUT.seconds}s, so the {decision} may NOT "
+                           f"be recorded: check 'starter.py status {target}' (is the worker running?)") from None
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                raise await self.not_running(handle, kind, target) from None
+            raise
+
+    async def approve(self, kind: str, target: str, approver: str, comment: str = "", **kw: Any) -> DecisionOutcome:
+        return await self.decide(kind, target, "approve", approver, comment, **kw)
+
+    async def reject(self, kind: str, target: str, approver: str, comment: str = "", reason: str = "",
+                     **kw: Any) -> DecisionOutcome:
+        return await self.decide(kind, target, "reject", approver, comment, reason, **kw)
+
+
+# --- the auto-rollback schedule (runbook "Automation": every 5 minutes) --------------------
+
+AUTO_ROLLBACK_SCHEDULE = "auto-rollback"
+AUTO_ROLLBACK_WORKFLOW = "AutoRollbackCheck"
+AUTO_ROLLBACK_EVERY = timedelta(minutes=5)
+# A freshly created schedule first fires after this grace, so a worker (re)started on an incident
+# (the sandbox starts at one) gives people a moment before automation acts.
+AUTO_ROLLBACK_FIRST_AFTER = timedelta(minutes=5)
+
+
+def auto_rollback_schedule(task_queue: str, every: timedelta = AUTO_ROLLBACK_EVERY,
+                           start_at: datetime | None = None, paused: bool = False, note: str = "") -> Schedule:
+    from common.models import AutoRollbackCheckInput
+
+    return Schedule(
+        action=ScheduleActionStartWorkflow(AUTO_ROLLBACK_WORKFLOW, AutoRollbackCheckInput(),
+                                           id="auto-rollback-check", task_queue=task_queue,
+                                           execution_timeout=timedelta(minutes=4)),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)], start_at=start_at),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+        state=ScheduleState(paused=paused, note=note),
+    )
+
+
+async def ensure_auto_rollback_schedule(client: Client, task_queue: str, *,
+                                        schedule_id: str = AUTO_ROLLBACK_SCHEDULE,
+                                        every: timedelta = AUTO_ROLLBACK_EVERY) -> str:
+    """Create the schedule, or bring an existing one's action/spec/policy up to date (keeping
+    whether people paused it). Idempotent; returns "created" or "updated"."""
+    start_at = datetime.now(timezone.utc) + AUTO_ROLLBACK_FIRST_AFTER
+    try:
+        await client.create_schedule(schedule_id, auto_rollback_schedule(
+            task_queue, every, start_at=start_at, note="created by the rollback worker"))
+        return "created"
+    except ScheduleAlreadyRunningError:
+        pass
+
+    def update(inp: ScheduleUpdateInput) -> ScheduleUpdate:
+        old = inp.description.schedule
+        new = auto_rollback_schedule(task_queue, every, start_at=old.spec.start_at,
+                                     paused=old.state.paused, note=old.state.note)
+        return ScheduleUpdate(schedule=new)
+
+    await client.get_schedule_handle(schedule_id).update(update)
+    return "updated"
+
+
+class ScheduleInfo(BaseModel):
+    schedule_id: str
+    paused: bool
+    note: str
+    every: list[timedelta]
+    overlap: str
+    next_runs: list[datetime]
+    recent: list[tuple[datetime, str]]  # (when it ran, workflow id)
+
+
+def _no_schedule(schedule_id: str) -> NoSuchRollback:
+    return NoSuchRollback(f"no schedule {schedule_id!r}: the worker creates it at start-up ('make run'); "
+                          "is it connected to this Temporal namespace?")
+
+
+async def describe_schedule(client: Client, schedule_id: str = AUTO_ROLLBACK_SCHEDULE) -> ScheduleInfo:
+    try:
+        d = await client.get_schedule_handle(schedule_id).describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise _no_schedule(schedule_id) from None
+        raise
+    s = d.schedule
+    return ScheduleInfo(
+        schedule_id=schedule_id, paused=s.state.paused, note=s.state.note,
+        every=[i.every for i in s.spec.intervals],
+        overlap=(s.policy.overlap.name if s.policy.overlap is not None else "SKIP"),
+        next_runs=list(d.info.next_action_times[:3]),
+        recent=[(a.started_at, getattr(a.action, "workflow_id", "")) for a in d.info.recent_actions[-5:]])
+
+
+async def pause_schedule(client: Client, note: str, schedule_id: str = AUTO_ROLLBACK_SCHEDULE) -> None:
+    try:
+        await client.get_schedule_handle(schedule_id).pause(note=note)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise _no_schedule(schedule_id) from None
+        raise
+
+
+async def resume_schedule(client: Client, note: str, schedule_id: str = AUTO_ROLLBACK_SCHEDULE) -> None:
+    try:
+        await client.get_schedule_handle(schedule_id).unpause(note=note)
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise _no_schedule(schedule_id) from None
+        raise
