@@ -124,6 +124,7 @@ class OneOffTask(BaseModel):
     command: list[str]
     started_by: str  # idempotency token: a retry finds the task it already started
     network: dict | None = None
+    launch_type: str | None = None
 
 
 class TaskRef(BaseModel):
@@ -160,6 +161,8 @@ class EcsTaskActivities:
                             overrides={"containerOverrides": [{"name": container, "command": t.command}]})
         if t.network:
             kwargs["networkConfiguration"] = {"awsvpcConfiguration": t.network}
+        if t.launch_type:
+            kwargs["launchType"] = t.launch_type
         with aws_call(f"ecs run-task {td['family']}"):
             resp = ecs.run_task(**kwargs)
         if resp.get("failures") or not resp.get("tasks"):

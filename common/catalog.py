@@ -101,6 +101,7 @@ class MigrationCommand(Strict):
     env: dict[str, str] = Field(default_factory=dict, description="values may be ${VAR} from the worker env")
     ecs: EcsRef | None = None
     ecs_network: dict | None = Field(None, description="awsvpcConfiguration for run_task, if needed")
+    ecs_launch_type: Literal["FARGATE", "EC2"] | None = Field("FARGATE", description="None: the cluster's default")
     timeout_minutes: float = 30
 
 

@@ -278,3 +278,37 @@ def test_snapshot_choice_newest_manual_before_the_time_automatic_ignored_unless_
     with pytest.raises(StepFailed, match="no manual snapshot of db was taken before"):
         choose_snapshot(snaps, "db", None, NOW - timedelta(minutes=500), False)
     assert choose_snapshot(snaps, "db", "auto-newest", NOW, False).id == "auto-newest"  # named: taken as is
+
+
+async def test_migration_as_an_ecs_one_off_task(ts_env, aws, tmp_path, pg_database):
+    """The runner the runbook's `npm run migrate:rollback` needs in production: a one-off task of the
+    app's task definition with the command overridden. moto's tasks exit 0 without running anything,
+    so schema validation must then catch that the database did not move."""
+    upgrade(pg_database, "0003")
+    cat = with_database(tmp_path, aws, pg_database)
+    db = cat.data["databases"][cat.name("bookings")]
+    ec2 = aws.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    sg = ec2.create_security_group(GroupName="migrations", Description="migrations", VpcId=vpc)["GroupId"]
+    db["migrations"]["rollback"] = {
+        "runner": "ecs", "ecs": {"cluster": "rastup-prod", "service": "api-service", "container": "api"},
+        "ecs_network": {"subnets": [subnet], "securityGroups": [sg]},
+        "command": ["npm", "run", "migrate:rollback", "--", "--env=production", "--steps={steps}"]}
+    cat.path.write_text(yaml.safe_dump(cat.data, sort_keys=False))
+    async with in_process_worker(ts_env.client, cat) as worker:
+        handle = await ts_env.client.start_workflow(DatabaseRollback.run, req(cat), id=new_id(),
+                                                    task_queue=worker.task_queue)
+        with pytest.raises(WorkflowFailureError) as excinfo:
+            await handle.result()
+        s = await status_of(handle)
+    ecs = aws.client("ecs")
+    task = ecs.describe_tasks(cluster="rastup-prod", tasks=[s.extra["migration_task"]])["tasks"][0]
+    assert task["overrides"]["containerOverrides"][0]["command"] == [
+        "npm", "run", "migrate:rollback", "--", "--env=production", "--steps=1"]
+    assert task["startedBy"].startswith("rollback-")
+    assert aws.faults.calls["RunTask"] == 1
+    steps = {st.name: st for st in s.steps}
+    assert steps["Rollback migration"].state.value == "succeeded" and "exited 0" in steps["Rollback migration"].detail
+    assert "schema validation failed" in failure_text(excinfo)

@@ -204,3 +204,42 @@ async def test_regression_during_monitoring_is_reported_not_rolled_forward(ts_en
     assert "REGRESSION" in " ".join(e.what for e in result.events)
     assert running_revision(aws) == (42, "v1.2.2")
     assert aws.faults.calls["UpdateService"] == 1
+
+
+def add_staging(aws, catalog, smoke_url: str) -> None:
+    """A staging counterpart: api-service-staging (same family) with its own smoke check."""
+    import yaml
+
+    ecs = aws.client("ecs")
+    td = ecs.describe_services(cluster="rastup-prod", services=["api-service"])["services"][0]["taskDefinition"]
+    ecs.create_service(cluster="rastup-prod", serviceName="api-service-staging", taskDefinition=td, desiredCount=2)
+    catalog.data["services"][catalog.api]["staging"] = {
+        "ecs": {"cluster": "rastup-prod", "service": "api-service-staging", "container": "api"},
+        "smoke_checks": [{"name": "staging search", "url": smoke_url}]}
+    catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
+
+
+async def test_target_is_verified_in_staging_before_approval(ts_env, aws, catalog):
+    add_staging(aws, catalog, f"{aws.http_base}/api/search")
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        handle = await ts_env.client.start_workflow(
+            ServiceRollback.run, request(catalog.api, requested_by="zoe"), id=new_id(), task_queue=worker.task_queue)
+        s = await wait_phase(handle, "awaiting_approval")
+        staging = next(st for st in s.steps if st.name == "Verify in staging")
+        assert staging.state.value == "succeeded" and "v1.2.2 deployed in staging" in staging.detail
+        assert running_revision(aws, "api-service-staging") == (42, "v1.2.2")
+        assert running_revision(aws) == (43, "v1.2.3")  # production waits for the approval
+        await handle.signal(ServiceRollback.approve, Decision(approver="dana"))
+        assert (await handle.result()).phase.value == "succeeded"
+    assert running_revision(aws) == (42, "v1.2.2")
+
+
+async def test_failing_staging_smoke_test_stops_before_production(ts_env, aws, catalog):
+    add_staging(aws, catalog, f"{aws.http_base}/api/no-such-endpoint")
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        handle = await ts_env.client.start_workflow(
+            ServiceRollback.run, request(catalog.api), id=new_id(), task_queue=worker.task_queue)
+        with pytest.raises(WorkflowFailureError) as excinfo:
+            await handle.result()
+    assert "staging smoke test failed" in failure_message(excinfo)
+    assert running_revision(aws) == (43, "v1.2.3")

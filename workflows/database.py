@@ -150,7 +150,7 @@ class DatabaseRollback(RollbackWorkflow):
             raise StepFailed("migrations.rollback.runner is ecs but migrations.rollback.ecs is missing")
         token = f"rollback-{workflow.info().run_id[:24]}"
         arn: str = await call(EcsTaskActivities.run_one_off, OneOffTask(
-            ecs=rb.ecs, command=command, started_by=token, network=rb.ecs_network))
+            ecs=rb.ecs, command=command, started_by=token, network=rb.ecs_network, launch_type=rb.ecs_launch_type))
         self.s.extra["migration_task"] = arn
         deadline = workflow.now() + timedelta(minutes=rb.timeout_minutes)
         while True:
