@@ -43,3 +43,12 @@ def running_revision(aws, service: str = "api-service") -> tuple[int, str]:
 
 def new_id(prefix: str = "test") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def failure_text(excinfo) -> str:
+    """Every message in a workflow failure's cause chain, joined: what a person would read."""
+    e, parts = excinfo.value, []
+    while e is not None:
+        parts.append(str(e))
+        e = getattr(e, "cause", None) or e.__cause__
+    return " | ".join(parts)

@@ -170,6 +170,19 @@ async def test_kill_while_monitoring_then_restart_finishes_without_redeploying(
     assert (monitor.ended_at - monitor.started_at).total_seconds() >= 18
     assert all(c.ok for c in result.checks)
     assert time.monotonic() - started < 35
+    assert_json_logs_with_context(log_of(tmp_path, 2))
+
+
+def assert_json_logs_with_context(log: str) -> None:
+    """The worker logs JSON lines (structlog) carrying the workflow and activity they come from."""
+    import json
+
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON log lines in:\n{log[-2000:]}"
+    activity_lines = [e for e in lines if e.get("activity_type")]
+    assert activity_lines, "no log line names its activity"
+    assert all(e.get("workflow_id") and e.get("run_id") for e in activity_lines)
+    assert all({"timestamp", "level", "event"} <= e.keys() for e in lines)
 
 
 async def test_kill_during_a_large_sync_resumes_from_the_heartbeat(dev_env, aws, tmp_path, spawn_worker):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from temporalio.client import WorkflowFailureError
 from activities.rds import Snapshot
 from common.models import DatabaseRollbackInput, Decision
 from tests.conftest import RunCatalog, in_process_worker, write_catalog
-from tests.helpers import new_id, running_revision, status_of, wait_for, wait_phase
+from tests.helpers import failure_text, new_id, running_revision, status_of, wait_for, wait_phase
 from tests.pg import schema_version, seed_bookings, tables, upgrade
 from workflows.database import DatabaseRollback, choose_snapshot
 from workflows.timeline import StepFailed
@@ -50,13 +49,6 @@ def req(cat: RunCatalog, **kw) -> DatabaseRollbackInput:
     fields.update(kw)
     return DatabaseRollbackInput(**fields)
 
-
-def failure_text(excinfo) -> str:
-    e, parts = excinfo.value, []
-    while e is not None:
-        parts.append(str(e))
-        e = getattr(e, "cause", None) or e.__cause__
-    return " | ".join(parts)
 
 
 # --- migration mode ---------------------------------------------------------------------

@@ -10,9 +10,9 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from common.models import FrontendRollbackInput
-from sandbox.frontend_fleet import SITE_BUCKET, VERSIONS_BUCKET, release_files
+from sandbox.frontend_fleet import SITE_BUCKET, release_files
 from tests.conftest import in_process_worker
-from tests.helpers import new_id
+from tests.helpers import failure_text, new_id
 from workflows.frontend import FrontendRollback
 
 
@@ -102,11 +102,7 @@ async def test_bad_input_is_refused_clearly_and_nothing_changes(ts_env, aws, cat
         handle = await ts_env.client.start_workflow("FrontendRollback", raw, id=new_id(), task_queue=worker.task_queue)
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
-    e, text = excinfo.value, []
-    while e is not None:
-        text.append(str(e))
-        e = getattr(e, "cause", None) or e.__cause__
-    assert expect in " | ".join(text)
+    assert expect in failure_text(excinfo)
     assert live_files(aws) == before and aws.faults.calls["CopyObject"] == 0
 
 

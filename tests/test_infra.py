@@ -19,7 +19,7 @@ from temporalio.client import WorkflowFailureError
 from common.models import Decision, InfraRollbackInput
 from tests.conftest import RunCatalog, in_process_worker, write_catalog
 from tests.fixtures.infra import DIRECTORY, TERRAFORM, TF_ENV, InfraRepo, build_infra_repo
-from tests.helpers import new_id, status_of, wait_for, wait_phase
+from tests.helpers import failure_text, new_id, status_of, wait_for, wait_phase
 from workflows.infra import InfraRollback
 
 SECRET = "tf-token-7f3a9c2e"
@@ -53,13 +53,6 @@ def req(cat: RunCatalog, **kw) -> InfraRollbackInput:
     fields.update(kw)
     return InfraRollbackInput(**fields)
 
-
-def failure_text(excinfo) -> str:
-    e, parts = excinfo.value, []
-    while e is not None:
-        parts.append(str(e))
-        e = getattr(e, "cause", None) or e.__cause__
-    return " | ".join(parts)
 
 
 def steps(s) -> dict[str, str]:

@@ -15,7 +15,7 @@ from common.catalog import Catalog
 from common.models import Decision, LambdaRollbackInput, RollbackStatus
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry, ensure_function, seed_lambda
 from tests.conftest import RunCatalog, in_process_worker
-from tests.helpers import new_id, status_of, wait_for, wait_phase
+from tests.helpers import failure_text, new_id, status_of, wait_for, wait_phase
 from workflows.lambda_fn import LambdaRollback
 
 OTHER = "rastup-thumbnailer"  # a second function, for the fleet form
@@ -45,13 +45,6 @@ def alias(aws, function: str = FUNCTION) -> tuple[str, dict]:
     a = aws.client("lambda").get_alias(FunctionName=function, Name=ALIAS)
     return a["FunctionVersion"], (a.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
 
-
-def failure_message(excinfo) -> str:
-    e, parts = excinfo.value, []
-    while e is not None:
-        parts.append(str(e))
-        e = getattr(e, "cause", None) or e.__cause__
-    return " | ".join(parts)
 
 
 def steps(s: RollbackStatus) -> dict[str, str]:
@@ -97,7 +90,7 @@ async def test_unknown_version_fails_listing_versions_and_leaves_the_alias(ts_en
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
         s = await status_of(handle)
-    msg = failure_message(excinfo)
+    msg = failure_text(excinfo)
     assert "to_version '9' is not a published version of rastup-search-indexer" in msg
     assert "published versions: 1, 2, 3, 4" in msg and "was not changed" in msg
     assert alias(aws) == ("4", {})
@@ -120,7 +113,7 @@ async def test_unknown_function_or_alias_fails_clearly(ts_env, aws, catalog, ind
     async with in_process_worker(ts_env.client, catalog) as worker:
         with pytest.raises(WorkflowFailureError) as excinfo:
             await ts_env.client.execute_workflow(LambdaRollback.run, req, id=new_id(), task_queue=worker.task_queue)
-    assert expect in failure_message(excinfo)
+    assert expect in failure_text(excinfo)
     assert alias(aws) == ("4", {})
 
 
@@ -193,7 +186,7 @@ async def test_failing_metric_between_routing_steps_pauses_and_holds(ts_env, aws
         await handle.signal(LambdaRollback.reject, Decision(approver="dana", reason="look first"))
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
-    assert "stopped at 50%" in failure_message(excinfo)
+    assert "stopped at 50%" in failure_text(excinfo)
     assert alias(aws) == ("4", {"3": 0.5})  # held where it was, not moved back
 
 
@@ -221,7 +214,7 @@ async def test_bad_input_fails_at_once(ts_env, aws, catalog, indexer, bad, expec
         handle = await ts_env.client.start_workflow("LambdaRollback", raw, id=new_id(), task_queue=worker.task_queue)
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
-    assert expect in failure_message(excinfo)
+    assert expect in failure_text(excinfo)
     assert alias(aws) == ("4", {})
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-from temporalio.client import WorkflowFailureError
-
 from common.models import Decision, Escalation, RollbackStatus, ServiceRollbackInput
-from tests.conftest import in_process_worker, write_catalog
+from tests.conftest import in_process_worker
 from tests.helpers import new_id, running_revision, wait_for, wait_phase
 from workflows.service import ServiceRollback
 

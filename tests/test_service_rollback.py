@@ -10,7 +10,7 @@ from temporalio.client import WorkflowFailureError
 
 from common.models import Decision, RollbackStatus, ServiceRollbackInput
 from tests.conftest import in_process_worker
-from tests.helpers import new_id, running_revision, status_of, wait_for, wait_phase
+from tests.helpers import failure_text, new_id, running_revision, status_of, wait_for, wait_phase
 from workflows.service import ServiceRollback
 
 
@@ -26,14 +26,6 @@ def weights(aws) -> dict[str, int]:
     names = {aws.fleet.blue_target_group_arn: "blue", aws.fleet.green_target_group_arn: "green"}
     return {names[g["TargetGroupArn"]]: g["Weight"] for g in groups}
 
-
-def failure_message(excinfo) -> str:
-    e = excinfo.value
-    parts = []
-    while e is not None:
-        parts.append(str(e))
-        e = getattr(e, "cause", None) or e.__cause__
-    return " | ".join(parts)
 
 
 async def test_gradual_rollback_shifts_traffic_in_steps_with_waits(ts_env, aws, catalog):
@@ -71,7 +63,7 @@ async def test_failing_check_between_steps_pauses_and_never_flips_back(ts_env, a
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
         s = await status_of(handle)
-    assert "stopped at 50%" in failure_message(excinfo)
+    assert "stopped at 50%" in failure_text(excinfo)
     assert weights(aws) == {"blue": 50, "green": 50}  # held, not moved back
     assert s.phase.value == "failed"
 
@@ -95,7 +87,7 @@ async def test_access_denied_fails_fast_with_a_clear_message(ts_env, aws, catalo
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
         s = await status_of(handle)
-    msg = failure_message(excinfo)
+    msg = failure_text(excinfo)
     assert "access denied" in msg and "ecs update-service" in msg and "IAM" in msg
     assert aws.faults.calls["UpdateService"] == 1  # not retried
     assert running_revision(aws) == (43, "v1.2.3")
@@ -121,7 +113,7 @@ async def test_bad_input_fails_at_once_and_changes_nothing(ts_env, aws, catalog,
                                                     task_queue=worker.task_queue)
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
-    assert expect in failure_message(excinfo)
+    assert expect in failure_text(excinfo)
     assert aws.faults.calls["UpdateService"] == 0
     assert running_revision(aws) == (43, "v1.2.3")
 
@@ -241,5 +233,5 @@ async def test_failing_staging_smoke_test_stops_before_production(ts_env, aws, c
             ServiceRollback.run, request(catalog.api), id=new_id(), task_queue=worker.task_queue)
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
-    assert "staging smoke test failed" in failure_message(excinfo)
+    assert "staging smoke test failed" in failure_text(excinfo)
     assert running_revision(aws) == (43, "v1.2.3")
