@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run receiver test clean
+.PHONY: install chromium run receiver test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,6 +14,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)
+
+## Debian's Chromium for tests/test_web_ui.py (a real browser on the Web UI), when missing and we can
+## (root with apt-get, as in CI); elsewhere that test skips, saying why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for tests/test_web_ui.py"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	fi
 
 ## Worker + (without TEMPORAL_ADDRESS) the Temporal dev server + (ROLLBACK_AWS=sandbox) the AWS sandbox.
 run: $(STAMP)
@@ -24,8 +32,8 @@ run: $(STAMP)
 receiver: $(STAMP)
 	$(PY) receiver.py
 
-## All tests, offline: starts its own Temporal servers, moto and endpoints.
-test: $(STAMP)
+## All tests, offline: starts its own Temporal servers, moto and endpoints (and a headless Chromium).
+test: $(STAMP) chromium
 	$(PY) -m pytest
 
 clean:

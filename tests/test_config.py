@@ -13,7 +13,7 @@ from temporalio.client import WorkflowFailureError
 from common.models import ConfigRollbackInput, RollbackStatus
 from sandbox.appconfig_fleet import API_KEY_NEW, API_KEY_OLD, API_KEY_SECRET, SETTINGS, SETTINGS_PROFILE, seed_config
 from tests.conftest import RunCatalog, in_process_worker
-from tests.helpers import new_id
+from tests.helpers import failure_text, new_id
 from tests.support.appconfig_state import AppConfigState
 from workflows.config import ConfigRollback
 
@@ -22,14 +22,6 @@ def request(target: str, **kw) -> ConfigRollbackInput:
     fields = dict(target=target, severity="SEV-2", requested_by="dana", reason="timeouts after the config change")
     fields.update(kw)
     return ConfigRollbackInput(**fields)
-
-
-def failure_message(excinfo) -> str:
-    e, parts = excinfo.value, []
-    while e is not None:
-        parts.append(str(e))
-        e = getattr(e, "cause", None) or e.__cause__
-    return " | ".join(parts)
 
 
 def steps(s: RollbackStatus) -> dict[str, str]:
@@ -119,7 +111,7 @@ async def test_secret_explicit_unknown_version_changes_nothing(ts_env, aws, cata
     before = stages(aws)
     with pytest.raises(WorkflowFailureError) as excinfo:
         await run(ts_env, catalog, request(catalog.name("api-key"), to_version="not-a-version"))
-    msg = failure_message(excinfo)
+    msg = failure_text(excinfo)
     assert "to_version 'not-a-version' is not a version of secret rastup/prod/api-key (versions: " in msg
     assert "nothing was changed" in msg
     assert stages(aws) == before and aws.faults.calls["UpdateSecretVersionStage"] == 0
@@ -136,7 +128,7 @@ async def test_bad_appconfig_input_fails_clearly_and_changes_nothing(ts_env, aws
     name = catalog.name(target) if target != "nope" else target
     with pytest.raises(WorkflowFailureError) as excinfo:
         await run(ts_env, catalog, request(name, to_version=to_version), wid=new_id())
-    assert expect in failure_message(excinfo)
+    assert expect in failure_text(excinfo)
     assert aws.faults.calls["StartDeployment"] == 0
     assert [d["ConfigurationVersion"] for d in AppConfigState(aws).deployments(SETTINGS_PROFILE)] == ["2", "1"]
 

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 from common.models import Decision, FeatureFlagRollbackInput, RollbackStatus
 from sandbox.appconfig_fleet import FLAGS_DOCUMENT
 from tests.conftest import RunCatalog, in_process_worker, write_catalog
-from tests.helpers import new_id, wait_phase
+from tests.helpers import failure_text, new_id, wait_phase
 from tests.support.appconfig_state import AppConfigState
 from workflows.flags import FeatureFlagRollback
 
@@ -25,14 +25,6 @@ def request(flag: str, **kw) -> FeatureFlagRollbackInput:
     fields = dict(flag=flag, severity="SEV-2", requested_by="dana", reason="conversion dropped in LA")
     fields.update(kw)
     return FeatureFlagRollbackInput(**fields)
-
-
-def failure_message(excinfo) -> str:
-    e, parts = excinfo.value, []
-    while e is not None:
-        parts.append(str(e))
-        e = getattr(e, "cause", None) or e.__cause__
-    return " | ".join(parts)
 
 
 def changed_lines(before: str, after: str) -> list[str]:
@@ -146,7 +138,7 @@ async def test_a_deployment_appconfig_rolls_back_fails_clearly(ts_env, aws, cata
     aws.faults.appconfig.roll_back_next()  # as if an alarm fired during the deployment
     with pytest.raises(WorkflowFailureError) as excinfo:
         await run(ts_env, catalog, request(catalog.name("new_feature_enabled"), action="disable", all_cities=True))
-    assert "ROLLED_BACK" in failure_message(excinfo) and "as it was before" in failure_message(excinfo)
+    assert "ROLLED_BACK" in failure_text(excinfo) and "as it was before" in failure_text(excinfo)
     assert AppConfigState(aws).served_flags()["new_feature_enabled"]["enabled"] is True
 
 
@@ -184,7 +176,7 @@ async def test_bad_input_fails_clearly_and_changes_nothing(ts_env, aws, catalog,
                                                     task_queue=worker.task_queue)
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
-    assert expect in failure_message(excinfo)
+    assert expect in failure_text(excinfo)
     assert aws.faults.calls["CreateHostedConfigurationVersion"] == 0 and aws.faults.calls["StartDeployment"] == 0
     state = AppConfigState(aws)
     assert state.versions(PROFILE) == [1] and len(state.deployments(PROFILE)) == 1

@@ -1,0 +1,199 @@
+"""The on-call engineer's Web UI path, clicked in a real headless Chromium on the dev server's own Web UI.
+
+Start Workflow form (ServiceRollback, one JSON input) -> "Workflow started successfully" -> Queries
+tab: `status` says awaiting_approval -> More Actions -> Send a Signal `approve` {"approver": "dana"}
+-> the page shows Completed, ECS runs revision 42 (v1.2.2), and the list page filtered by
+`RollbackPhase="succeeded"` lists the workflow (and not its lock workflow, which it does unfiltered).
+
+Real parts only: the Web UI 2.54 of the PyPI `temporal` CLI, an in-process worker, moto for AWS.
+Chromium is Debian's (/usr/bin/chromium: `make test` installs it when root with apt-get), driven
+by PyPI's playwright; `playwright install` is never run (no downloads at run time). On failure a
+screenshot of the page is saved in the test's tmp_path (its path is in the error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import AsyncIterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from common.temporal import KIND, PHASE, SEVERITY, TARGET
+from tests.conftest import binary, in_process_worker
+from tests.helpers import new_id, running_revision
+
+CHROMIUM = os.environ.get("ROLLBACK_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+STEP_MS = 15_000  # the longest any single UI step may take (each is ~1 s here)
+
+
+def chromium_or_skip() -> str:
+    """Debian's chromium; skip only where it cannot be installed (CI can: root + apt-get)."""
+    if os.access(CHROMIUM, os.X_OK):
+        return CHROMIUM
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        pytest.fail(f"{CHROMIUM} is missing but installable on this machine: run 'make test' "
+                    "(it runs 'apt-get install -y chromium' when root) or install it yourself")
+    pytest.skip(f"no Chromium at {CHROMIUM}, and it cannot be installed here (Debian's 'chromium' "
+                "needs root and apt-get); set ROLLBACK_TEST_CHROMIUM to a Chromium binary to run it")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """Checked before any server starts: the browser, and playwright to drive it."""
+    path = chromium_or_skip()
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        pytest.fail("playwright is not installed in this venv: run 'make test' (it installs the test extras)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def ui_env(chromium: str) -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
+    """The dev server WITH its Web UI on a free port: (env, UI base URL), once the UI answers."""
+    ui_port = free_port()
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=binary("temporal"),
+        ui=True,
+        ui_port=ui_port,
+        search_attributes=[KIND, TARGET, SEVERITY, PHASE],
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+        dev_server_extra_args=["--ui-disable-news-fetch"],
+    )
+    base = f"http://127.0.0.1:{ui_port}"
+    try:
+        deadline = time.monotonic() + 20
+        async with httpx.AsyncClient(timeout=2) as http:
+            while True:
+                try:
+                    if (await http.get(f"{base}/api/v1/namespaces/default")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the dev server's Web UI did not answer on {base} within 20 s")
+                await asyncio.sleep(0.1)
+        yield env, base
+    finally:
+        await env.shutdown()
+
+
+async def test_on_call_engineer_rolls_back_from_the_web_ui(chromium, ui_env, aws, fast_catalog, tmp_path: Path):
+    from playwright.async_api import async_playwright, expect
+
+    env, base = ui_env
+    wf_id = new_id("webui")
+    lock_id = f"rollback-lock-service-{fast_catalog.api}"
+    payload = {"service": fast_catalog.api, "severity": "SEV-2", "requested_by": "zoe",
+               "reason": "errors after v1.2.3", "monitor_minutes": 0.05}
+
+    async with in_process_worker(env.client, fast_catalog) as worker, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(STEP_MS)
+        expect.set_options(timeout=STEP_MS)
+        try:
+            # 1. Start Workflow, from the workflows list as the engineer does
+            await page.goto(f"{base}/namespaces/default/workflows", wait_until="load")
+            await page.get_by_role("link", name=re.compile("start workflow", re.I)).first.click()
+            await page.get_by_test_id("workflowId").fill(wf_id)
+            await page.get_by_test_id("taskQueue").fill(worker.task_queue)
+            await page.get_by_test_id("workflowType").fill("ServiceRollback")
+            await page.locator(".cm-content").first.click()
+            await page.keyboard.insert_text(json.dumps(payload))  # no key events: no auto-closed brackets
+            await page.get_by_test_id("start-workflow").click()  # elsewhere: the editor reformats, the button moves
+            await page.get_by_test_id("start-workflow-button").click()
+            started = page.get_by_role("link", name=re.compile("workflow started successfully", re.I))
+            await started.click()
+            await page.wait_for_url(re.compile(f"/workflows/{re.escape(wf_id)}/"), wait_until="load")
+
+            # 2. Queries tab: `status` says the rollback waits for the on-call engineer
+            await page.get_by_test_id("queries-tab").click()
+            await page.get_by_test_id("query-select-button").click()
+            await page.get_by_role("option", name="status", exact=True).click()
+            await expect(page.get_by_test_id("query-select")).to_have_value("status")
+            await page.get_by_role("button", name="Run Query").click()
+            result = page.get_by_test_id("query-result")
+            waiting = re.compile(r'"phase":\s*"awaiting_approval"')
+            for _ in range(20):  # a first query may come before the approval step opens
+                try:
+                    await expect(result).to_contain_text(waiting, timeout=1_000)
+                    break
+                except AssertionError:
+                    await page.get_by_role("button", name="Refresh Query").click()
+            await expect(result).to_contain_text(waiting)
+            await expect(result).to_contain_text(re.compile(r'"eligible":\s*\[\s*"dana"'))
+
+            # 3. More Actions -> Send a Signal: approve {"approver": "dana"}
+            await page.get_by_role("button", name=re.compile("more actions", re.I)).click()
+            await page.locator("[data-testid=signal-button]:visible").click()
+            modal = page.locator("[data-testid=signal-confirmation-modal]:visible")
+            await modal.locator("[data-testid=signal-select-button]:visible").click()
+            await modal.get_by_role("option", name="approve", exact=True).click()
+            editor = modal.locator(".cm-content")
+            await editor.click()
+            await page.keyboard.insert_text(json.dumps({"approver": "dana"}))
+            await editor.blur()  # let the editor commit and reformat before submitting
+            await modal.get_by_test_id("confirm-modal-button").click()
+            await expect(modal).to_be_hidden()
+
+            # 4. The rollback runs to its end: the page (auto-refreshing) says Completed
+            await expect(page.get_by_test_id("execution-status").first).to_have_text(
+                re.compile("completed", re.I), timeout=40_000)
+            await page.get_by_role("button", name="Refresh Query").click()
+            await expect(result).to_contain_text(re.compile(r'"phase":\s*"succeeded"'))
+
+            # 5. The list page filtered by the search attribute the workflow keeps current
+            query = f'{PHASE.name}="succeeded"'
+            url = f"{base}/namespaces/default/workflows?query={quote(query)}"
+            row = page.get_by_role("link", name=wf_id, exact=True)
+            for _ in range(10):  # visibility is eventually consistent
+                await page.goto(url, wait_until="load")
+                try:
+                    await expect(row).to_be_visible(timeout=2_000)
+                    break
+                except AssertionError:
+                    pass
+            await expect(row).to_be_visible()
+            await expect(page.get_by_role("link", name=lock_id, exact=True)).to_have_count(0)
+            # ... which really filters: unfiltered, the list also has the rollback's lock workflow
+            await page.goto(f"{base}/namespaces/default/workflows", wait_until="load")
+            await expect(page.get_by_role("link", name=lock_id, exact=True)).to_be_visible()
+        except BaseException as e:
+            shot = tmp_path / "web-ui-failure.png"
+            try:
+                await page.screenshot(path=str(shot), full_page=True)
+                e.add_note(f"screenshot of the page at {page.url}: {shot}")
+            except Exception as shot_error:  # the browser may be what failed
+                e.add_note(f"no screenshot: {shot_error}")
+            raise
+        finally:
+            await browser.close()
+
+        done = await env.client.get_workflow_handle(wf_id).result()
+
+    assert done["phase"] == "succeeded", done.get("message")
+    assert [a["approver"] for a in done["approvals"]["received"]] == ["dana"]  # the UI's signal, as typed
+    assert done["requested_by"] == "zoe" and done["severity"] == "SEV-2"     # the UI's input, as typed
+    assert running_revision(aws) == (42, "v1.2.2")
