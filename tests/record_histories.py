@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.models import Decision, FrontendRollbackInput, LambdaRollbackInput, ServiceRollbackInput
+from common.models import ConfigRollbackInput, Decision, FeatureFlagRollbackInput, FrontendRollbackInput, LambdaRollbackInput, ServiceRollbackInput
 from sandbox.lambda_fleet import FUNCTION, catalog_entry
 from tests.test_lambda import use_functions
+from workflows.config import ConfigRollback
+from workflows.flags import FeatureFlagRollback
 from workflows.frontend import FrontendRollback
 from workflows.lambda_fn import LambdaRollback
 from tests.conftest import in_process_worker
@@ -70,6 +72,18 @@ async def test_record(ts_env, aws, catalog):
                                    id="replay-dry-run", task_queue=tq)
         await h.result()
         await save(h, "service_dry_run")
+
+        h = await c.start_workflow(FeatureFlagRollback.run, FeatureFlagRollbackInput(
+            flag=catalog.name("payments_disabled"), action="kill_switch", severity="SEV-4", requested_by="dana",
+            reason="recorded scenario"), id="replay-flag-kill-switch", task_queue=tq)
+        await h.result()
+        await save(h, "flag_kill_switch_succeeded")
+
+        h = await c.start_workflow(ConfigRollback.run, ConfigRollbackInput(
+            target=catalog.name("api-key"), severity="SEV-2", requested_by="dana", reason="recorded scenario"),
+            id="replay-config-secret", task_queue=tq)
+        await h.result()
+        await save(h, "config_secret_succeeded")
 
         h = await c.start_workflow(FrontendRollback.run, FrontendRollbackInput(
             site=catalog.name("web"), strategy="release_sync", to_release="v1.2.2", severity="SEV-2",
