@@ -94,6 +94,10 @@ async def test_the_schedule_is_kept_by_the_worker_runs_the_check_and_pauses_from
 
     client = dev_env.client
     handle = client.get_schedule_handle(AUTO_ROLLBACK_SCHEDULE)
+    try:  # the dev server is shared: workers started by other tests (worker.py) create it too
+        await handle.delete()
+    except RPCError:
+        pass
     async with build_worker(client, Settings(), catalog.path, task_queue=f"tq-{uuid.uuid4().hex[:8]}") as worker:
         try:
             missing = await asyncio.to_thread(cli, "status")
