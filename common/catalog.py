@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.policy import Policy, Severity
+
+T = TypeVar("T")
 
 
 class Strict(BaseModel):
@@ -368,46 +370,33 @@ class Catalog(Strict):
         return self
 
     def service(self, name: str) -> Service:
-        try:
-            return self.services[name]
-        except KeyError:
-            raise UnknownTarget("service", name, sorted(self.services)) from None
+        return _lookup("service", self.services, name)
 
     def site(self, name: str) -> Site:
-        try:
-            return self.sites[name]
-        except KeyError:
-            raise UnknownTarget("site", name, sorted(self.sites)) from None
+        return _lookup("site", self.sites, name)
 
     def function(self, name: str) -> LambdaFunction:
-        try:
-            return self.functions[name]
-        except KeyError:
-            raise UnknownTarget("function", name, sorted(self.functions)) from None
+        return _lookup("function", self.functions, name)
 
     def flag(self, name: str) -> Flag:
-        try:
-            return self.flags[name]
-        except KeyError:
-            raise UnknownTarget("flag", name, sorted(self.flags)) from None
+        return _lookup("flag", self.flags, name)
 
     def config(self, name: str) -> AppConfigTarget | SecretTarget:
-        try:
-            return self.configs[name]
-        except KeyError:
-            raise UnknownTarget("config", name, sorted(self.configs)) from None
+        return _lookup("config", self.configs, name)
 
     def stack(self, name: str) -> Stack:
-        try:
-            return self.stacks[name]
-        except KeyError:
-            raise UnknownTarget("stack", name, sorted(self.stacks)) from None
+        return _lookup("stack", self.stacks, name)
 
     def database(self, name: str) -> Database:
-        try:
-            return self.databases[name]
-        except KeyError:
-            raise UnknownTarget("database", name, sorted(self.databases)) from None
+        return _lookup("database", self.databases, name)
+
+
+def _lookup(kind: str, section: dict[str, T], name: str) -> T:
+    """The catalog entry, or an error naming what exists (``kind`` + "s" is the YAML section)."""
+    try:
+        return section[name]
+    except KeyError:
+        raise UnknownTarget(kind, name, sorted(section)) from None
 
 
 class UnknownTarget(LookupError):
