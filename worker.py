@@ -143,17 +143,19 @@ def banner(settings: Settings, sandbox_info: object | None) -> None:
     if sandbox_info is not None:
         http = getattr(sandbox_info, "http_base", "")
         lines += [
-            f"Service:  {http}/api/version  (the sandbox's api-service, now v1.2.3 with an elevated error rate)",
-            "",
-            "In another terminal, start a rollback of 'api' to its previous version:",
-            "  [bold].venv/bin/python starter.py start api --severity SEV-2 --requested-by dana "
-            "--reason 'error rate after v1.2.3'[/bold]",
-            "then follow it:  .venv/bin/python starter.py status api --watch",
-            "(dana is on call, so SEV-2 is approved at start; try SEV-1 and "
-            "'starter.py approve api --as alice' to see the approval gate)",
+            f"Service:  {http}/api/version  (the sandbox's api-service: v1.2.3, elevated error rate)",
+            "The sandbox marks api for auto-rollback: left alone, the schedule rolls it back within ~10 min.",
         ]
-    lines.append("Ctrl-C stops everything this started.")
-    Console(stderr=True).print(Panel("\n".join(lines), title="rollback worker", border_style="green"))
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(Panel("\n".join(lines), title="rollback worker", border_style="green"))
+    if sandbox_info is not None:  # outside the panel, so a narrow terminal cannot break the command
+        console.print("In another terminal, roll 'api' back to its previous version:\n"
+                      "  [bold].venv/bin/python starter.py start api --severity SEV-2 --requested-by dana "
+                      "--reason 'error rate after v1.2.3'[/bold]\n"
+                      "  .venv/bin/python starter.py status api --watch\n"
+                      "dana is on call, so SEV-2 is approved at start; start it with --severity SEV-1 and "
+                      "approve with '.venv/bin/python starter.py approve api --as alice' to see the approval gate.")
+    console.print("Ctrl-C stops everything this started.")
 
 
 async def main() -> None:

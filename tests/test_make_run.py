@@ -185,6 +185,9 @@ async def test_make_run_default_serves_a_rollback_stops_on_ctrl_c_and_keeps_hist
     assert "SANDBOX" in banner
     assert f"http://127.0.0.1:{run.ui_port}" in banner
     assert f"{run.http_base}/api/version" in banner
+    # the copy-paste command stands on one line, whatever the terminal's width
+    assert ".venv/bin/python starter.py start api --severity SEV-2 --requested-by dana " \
+           "--reason 'error rate after v1.2.3'" in banner
 
     # the Web UI, the sandbox's service, the worker's Prometheus metrics
     get_eventually(f"http://127.0.0.1:{run.ui_port}/", lambda r: r.status_code == 200)
