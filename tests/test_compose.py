@@ -121,7 +121,9 @@ def test_compose_config_contents(tmp_path: Path) -> None:
     config = yaml.safe_load(result.stdout)
     services = config["services"]
 
-    assert {"temporal", "temporal-ui", "postgresql", "worker", "temporal-setup"} <= set(services)
+    assert {"temporal", "temporal-ui", "postgresql", "worker", "temporal-setup", "receiver"} <= set(services)
+    assert services["receiver"]["command"] == ["python", "receiver.py"]
+    assert services["receiver"]["environment"]["TEMPORAL_ADDRESS"] == "temporal:7233"
 
     worker = services["worker"]
     env = worker["environment"]
