@@ -523,17 +523,17 @@ async def describe_schedule(client: Client, schedule_id: str = AUTO_ROLLBACK_SCH
 
 
 async def pause_schedule(client: Client, note: str, schedule_id: str = AUTO_ROLLBACK_SCHEDULE) -> None:
-    try:
-        await client.get_schedule_handle(schedule_id).pause(note=note)
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            raise _no_schedule(schedule_id) from None
-        raise
+    await _set_paused(client, schedule_id, note, paused=True)
 
 
 async def resume_schedule(client: Client, note: str, schedule_id: str = AUTO_ROLLBACK_SCHEDULE) -> None:
+    await _set_paused(client, schedule_id, note, paused=False)
+
+
+async def _set_paused(client: Client, schedule_id: str, note: str, paused: bool) -> None:
+    handle = client.get_schedule_handle(schedule_id)
     try:
-        await client.get_schedule_handle(schedule_id).unpause(note=note)
+        await (handle.pause(note=note) if paused else handle.unpause(note=note))
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             raise _no_schedule(schedule_id) from None
