@@ -47,7 +47,8 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog import Catalog, CatalogError, UnknownTarget, load_catalog
 from common.models import (
-    ConfigRollbackInput, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Evidence, FeatureFlagRollbackInput,
+    FINAL_PHASES, ConfigRollbackInput, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Evidence,
+    FeatureFlagRollbackInput,
     FrontendRollbackInput, InfraRollbackInput, LambdaRollbackInput, Phase, RollbackStatus, ServiceRollbackInput,
 )
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
@@ -427,6 +428,11 @@ class Rollbacks:
             return await handle.execute_update("decide", req, result_type=DecisionOutcome,
                                                rpc_timeout=UPDATE_TIMEOUT)
         except WorkflowUpdateFailedError as e:
+            # A rollback in its final phase is only posting its outcome before it closes: it has ended.
+            status = await self.query_status(handle)
+            if status is not None and status.phase in FINAL_PHASES:
+                raise RollbackEnded(f"rollback {handle.id} has already ended ({status.phase.value}); "
+                                    f"'starter.py status {target}' shows how it ended") from None
             raise NotRecorded(f"not recorded: {e.cause.message if e.cause else e}") from None
         except WorkflowUpdateRPCTimeoutOrCancelledError:
             raise NoWorker(f"no answer from the workflow within {UPDATE_TIMEOUT.seconds}s, so the {decision} may NOT "
