@@ -146,8 +146,8 @@ def banner(settings: Settings, sandbox_info: object | None) -> None:
             f"Service:  {http}/api/version  (the sandbox's api-service: v1.2.3, elevated error rate)",
             "The sandbox marks api for auto-rollback: left alone, the schedule rolls it back within ~10 min.",
         ]
-    console = Console(stderr=True, soft_wrap=True)
-    console.print(Panel("\n".join(lines), title="rollback worker", border_style="green"))
+    console = Console(stderr=True, soft_wrap=True)  # soft wrap: commands stay whole, copy-pasteable
+    Console(stderr=True).print(Panel("\n".join(lines), title="rollback worker", border_style="green"))
     if sandbox_info is not None:  # outside the panel, so a narrow terminal cannot break the command
         console.print("In another terminal, roll 'api' back to its previous version:\n"
                       "  [bold].venv/bin/python starter.py start api --severity SEV-2 --requested-by dana "
