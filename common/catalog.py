@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.policy import Policy, Severity
+from common.identity import IdentityConfig, Person
+from common.policy import ROLE_LABEL, Policy, Severity
 
 T = TypeVar("T")
 
@@ -323,18 +324,59 @@ class SecretTarget(Strict):
 ConfigTarget = Annotated[AppConfigTarget | SecretTarget, Field(discriminator="kind")]
 
 
-class People(Strict):
+class People(BaseModel):
+    """Who may decide: the role lists the gate reads, and next to them each person's entry saying
+    how they prove who they are (``common.identity.Person``)::
+
+        people:
+          approvers: [alice, bob]
+          on_call: [dana]
+          alice: {email: alice@rastup.com, slack_id: U01ALICE}
+    """
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Person] = Field(init=False)  # a person's entry, by name
+
     approvers: list[str] = Field(default_factory=list)
     on_call: list[str] = Field(default_factory=list)
     dbas: list[str] = Field(default_factory=list)
     security: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _roles_are_lists(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if key not in ROLE_LABEL and not isinstance(value, (dict, Person)):
+                    raise ValueError(f"{key!r} is not a role (roles: {', '.join(ROLE_LABEL)}) and a person's entry is "
+                                     f"a mapping, e.g. {key}: {{email: {key}@rastup.com, slack_id: U01ABCDEF}}")
+        return data
+
     def everyone(self) -> set[str]:
         return {*self.approvers, *self.on_call, *self.dbas, *self.security}
+
+    @property
+    def directory(self) -> dict[str, Person]:
+        """Each person's entry, by name."""
+        return dict(self.model_extra or {})
+
+    def by_claim(self, claim: str, value: str) -> str | None:
+        """The person whose ``claim`` is ``value`` (e-mail addresses compare case-insensitively)."""
+        want = value.casefold() if "@" in value else value
+        for name, person in self.directory.items():
+            have = person.claim(claim)
+            if have is not None and (have.casefold() if "@" in have else have) == want:
+                return name
+        return None
+
+    def by_slack_id(self, slack_id: str) -> str | None:
+        return next((name for name, p in self.directory.items() if p.slack_id == slack_id), None)
 
 
 class Catalog(Strict):
     people: People
+    # Required in a catalog file (load_catalog says so); None only in histories recorded before it existed.
+    identity: IdentityConfig | None = None
     policy: Policy = Field(default_factory=Policy)
     services: dict[str, Service] = Field(default_factory=dict)
     databases: dict[str, Database] = Field(default_factory=dict)
@@ -367,6 +409,38 @@ class Catalog(Strict):
             if db.app_service and db.app_service not in self.services:
                 raise ValueError(f"databases.{name}.app_service {db.app_service!r} is not under services: "
                                  f"(known: {', '.join(sorted(self.services)) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
+    def _people_can_prove_who_they_are(self) -> "Catalog":
+        ident = self.identity
+        if ident is None or not ident.verified:
+            return self
+        claim = ident.oidc.person_claim if ident.oidc else None
+        directory = self.people.directory
+        for name, person in directory.items():
+            for key in person.model_extra or {}:
+                if key != claim:
+                    raise ValueError(f"people.{name}.{key}: unknown field; a person takes slack_id and the claim "
+                                     f"identity.oidc.person_claim names ({claim!r})")
+        for what, value_of in ((f"{claim}", lambda p: p.claim(claim) if claim else None),
+                               ("slack_id", lambda p: p.slack_id)):
+            seen: dict[str, str] = {}
+            for name, person in directory.items():
+                value = value_of(person)
+                key = value.casefold() if value and "@" in value else value
+                if key and key in seen:
+                    raise ValueError(f"people.{name}.{what}: {value!r} is also {seen[key]}'s; each person needs their own")
+                if key:
+                    seen[key] = name
+        ways = f"{claim} (identity.oidc.person_claim)" + (" or slack_id" if ident.slack else "")
+        for role in ROLE_LABEL:
+            for name in getattr(self.people, role):
+                person = directory.get(name)
+                if person is None or not ((claim and person.claim(claim)) or (ident.slack and person.slack_id)):
+                    raise ValueError(f"people.{role} lists {name!r}, who has no {ways} under people.{name}: nobody "
+                                     f"could prove to be {name}; add e.g. {name}: {{{claim}: {name}@rastup.com}} "
+                                     "under people:")
         return self
 
     def service(self, name: str) -> Service:
@@ -431,6 +505,12 @@ def load_catalog(path: str | Path) -> Catalog:
     except yaml.YAMLError as e:
         raise CatalogError(f"{path}: not valid YAML: {e}") from None
     try:
-        return Catalog.model_validate(raw or {})
+        catalog = Catalog.model_validate(raw or {})
     except ValidationError as e:
         raise CatalogError(_format(path, e)) from None
+    if catalog.identity is None:  # never silently unverified
+        raise CatalogError(f"{path}: 1 problem(s) in the catalog:\n  - identity: missing: say how approvals are "
+                           "proven: identity: {mode: oidc, oidc: {issuer: ..., audience: ..., person_claim: email}} "
+                           "with each person's email under people: (docs/identity.md), or identity: "
+                           "{mode: unverified} to accept typed names (every status and notification then says so)")
+    return catalog

