@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install chromium run receiver test clean
+.PHONY: install chromium run receiver test docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ receiver: $(STAMP)
 ## All tests, offline: starts its own Temporal servers, moto and endpoints (and a headless Chromium).
 test: $(STAMP) chromium
 	$(PY) -m pytest
+
+## docs/catalog.md from the catalog's models (tests/test_catalog_reference.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m common.catalog_docs > docs/catalog.md
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

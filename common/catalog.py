@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.policy import Policy, Severity
+from common.catalog_docs import REFERENCE, explain
+from common.policy import AUTO_ROLLBACK_REQUESTER, SEVERITY_SCALE, Policy, Severity
 
 T = TypeVar("T")
 
@@ -23,6 +24,8 @@ class Strict(BaseModel):
 
 
 class EcsRef(Strict):
+    """An ECS service."""
+
     cluster: str
     service: str
     container: str | None = Field(
@@ -44,30 +47,40 @@ class BlueGreen(Strict):
 
 
 class Endpoints(Strict):
+    """URLs checked after a rollback; each must answer 200."""
+
     health: str | None = None
     ready: str | None = None
-    version: str | None = None
+    version: str | None = Field(None, description="answers JSON whose version_field must be the target version")
     version_field: str = "version"
 
 
 class HttpCheck(Strict):
+    """A smoke check: GET url."""
+
     name: str
     url: str
     expect_status: int = 200
-    contains: str | None = None
+    contains: str | None = Field(None, description="text the body must contain")
 
 
 class MetricQuery(Strict):
     """A CloudWatch metric. ``{version}`` in a dimension value is replaced by the version checked."""
 
-    name: str
-    kind: Literal["error_rate", "latency_p95", "business"]
-    namespace: str
-    metric: str
-    dimensions: dict[str, str] = Field(default_factory=dict)
-    stat: str = "Average"
-    baseline: float
-    unit: str = ""
+    name: str = Field(description="shown in checks, e.g. error_rate")
+    kind: Literal["error_rate", "latency_p95", "business"] = Field(
+        description="how it is judged against baseline (policy.thresholds): error_rate fails above baseline + "
+                    "0.5 percentage points, latency_p95 above baseline + 25 %, business below baseline - 10 %")
+    namespace: str = Field(description="CloudWatch namespace, e.g. Rastup/API")
+    metric: str = Field(description="CloudWatch metric name, e.g. ErrorRate")
+    dimensions: dict[str, str] = Field(default_factory=dict, description='"{version}" in a value is the version '
+                                                                         "being checked")
+    stat: str = Field("Average", description="CloudWatch statistic (Average, Sum, Maximum) or extended statistic "
+                                             "(p95)")
+    baseline: float = Field(description="the healthy value, in the metric's own unit: for error_rate a percent "
+                                        "(0.2 means 0.2 %), for latency_p95 usually milliseconds",
+                            json_schema_extra={"unit": "the metric's (see unit)"})
+    unit: str = Field("", description='only displayed after values, e.g. "%" or "ms"; never converted')
 
 
 class Stage(Strict):
@@ -224,13 +237,19 @@ class Stack(Strict):
         return [v] if isinstance(v, str) else v
 
 
-class SeverityFromLabel(Strict):
-    """The rollback's severity, from one of the alert's labels."""
+# The procedures an alert rule may start (common/api.py PROCEDURES; a test keeps them equal).
+KINDS = ("service", "database", "frontend", "lambda", "infra", "flag", "config")
 
-    label: str = "severity"
+
+class SeverityFromLabel(Strict):
+    """The rollback's severity, from one of the alert's labels. Mind the runbook's scale: SEV-0 is
+    informational and SEV-4 a complete outage (higher is worse)."""
+
+    label: str = Field("severity", description="the alert label read")
     map: dict[str, Severity] = Field(default_factory=lambda: {
-        "critical": "SEV-3", "page": "SEV-3", "error": "SEV-2", "warning": "SEV-2", "info": "SEV-1"})
-    default: Severity = "SEV-2"
+        "critical": "SEV-3", "page": "SEV-3", "error": "SEV-2", "warning": "SEV-2", "info": "SEV-1"},
+        description="label value -> severity; " + SEVERITY_SCALE)
+    default: Severity = Field("SEV-2", description="when the label is missing or not in map")
 
     def of(self, labels: dict[str, str]) -> str:
         return self.map.get(labels.get(self.label, ""), self.default)
@@ -249,8 +268,12 @@ class AlertRule(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="e.g. high-error-rate")
     match: dict[str, str] = Field(default_factory=dict, description="label -> exact value")
     match_re: dict[str, str] = Field(default_factory=dict, description="label -> regex (must match it all)")
-    kind: str = Field(min_length=1, description="the procedure: service, database, frontend, lambda, flag, ...")
-    input: dict[str, Any] = Field(default_factory=dict)
+    # A plain str with the allowed values checked when the file is loaded (``check_catalog``), not by
+    # the model: catalogs recorded in running workflows' histories must still validate on replay.
+    kind: str = Field(description="the procedure the alert starts", json_schema_extra={"allowed": list(KINDS)})
+    input: dict[str, Any] = Field(default_factory=dict, description="the procedure's input fields (its workflow "
+                                  "input in the README's Contract), as templates; checked against that input "
+                                  "when the catalog is loaded")
     severity: SeverityFromLabel = Field(default_factory=SeverityFromLabel)
     reason: str = "{source} alert {alertname}: {summary}"
 
@@ -324,9 +347,11 @@ ConfigTarget = Annotated[AppConfigTarget | SecretTarget, Field(discriminator="ki
 
 
 class People(Strict):
-    approvers: list[str] = Field(default_factory=list)
-    on_call: list[str] = Field(default_factory=list)
-    dbas: list[str] = Field(default_factory=list)
+    """Who may approve, by role (the decision matrix names the roles). A name not listed is refused."""
+
+    approvers: list[str] = Field(default_factory=list, description="approve SEV-0 (two of them) and SEV-1")
+    on_call: list[str] = Field(default_factory=list, description="approve SEV-2..SEV-4; at least one is required")
+    dbas: list[str] = Field(default_factory=list, description="also approve every database snapshot restore")
     security: list[str] = Field(default_factory=list)
 
     def everyone(self) -> set[str]:
@@ -334,17 +359,19 @@ class People(Strict):
 
 
 class Catalog(Strict):
+    """The whole file. Each name under a section is what people and alerts call the target."""
+
     people: People
-    policy: Policy = Field(default_factory=Policy)
-    services: dict[str, Service] = Field(default_factory=dict)
-    databases: dict[str, Database] = Field(default_factory=dict)
-    sites: dict[str, Site] = Field(default_factory=dict)
-    functions: dict[str, LambdaFunction] = Field(default_factory=dict)
+    policy: Policy = Field(default_factory=Policy, description="overrides of the runbook's policy")
+    services: dict[str, Service] = Field(default_factory=dict, description="ECS services (ServiceRollback)")
+    databases: dict[str, Database] = Field(default_factory=dict, description="DatabaseRollback")
+    sites: dict[str, Site] = Field(default_factory=dict, description="S3 + CloudFront frontends (FrontendRollback)")
+    functions: dict[str, LambdaFunction] = Field(default_factory=dict, description="LambdaRollback")
     alert_rules: list[AlertRule] = Field(default_factory=list, description="used by receiver.py, in order")
-    stacks: dict[str, Stack] = Field(default_factory=dict)
-    flag_stores: dict[str, FlagStoreConfig] = Field(default_factory=dict)
-    flags: dict[str, Flag] = Field(default_factory=dict)
-    configs: dict[str, ConfigTarget] = Field(default_factory=dict)
+    stacks: dict[str, Stack] = Field(default_factory=dict, description="Terraform stacks (InfraRollback)")
+    flag_stores: dict[str, FlagStoreConfig] = Field(default_factory=dict, description="where flags live")
+    flags: dict[str, Flag] = Field(default_factory=dict, description="FeatureFlagRollback")
+    configs: dict[str, ConfigTarget] = Field(default_factory=dict, description="ConfigRollback")
 
     @model_validator(mode="after")
     def _flags_have_stores(self) -> "Catalog":
@@ -412,12 +439,66 @@ class CatalogError(ValueError):
     """The catalog file is missing or invalid. The message is meant for a person."""
 
 
-def _format(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: {err.error_count()} problem(s) in the catalog:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  - {where}: {e['msg']}")
-    return "\n".join(lines)
+def _format(path: Path, problems: list[str]) -> str:
+    lines = [f"{path}: {len(problems)} problem(s) in the catalog (reference: {REFERENCE}):"]
+    return "\n".join(lines + [f"  - {p}" for p in problems])
+
+
+def check_catalog(catalog: Catalog) -> list[str]:
+    """What the models cannot check without breaking replay (see AlertRule.kind) or without the
+    procedures' input models: each alert rule's kind and input, and the automation list.
+    Run on every load of the file, so the worker, the receiver and `starter.py doctor` all refuse it."""
+    from common.api import CATALOG_LOOKUP, PROCEDURES  # common.api imports this module
+
+    problems = []
+    for i, rule in enumerate(catalog.alert_rules):
+        where = f"alert_rules.{i}"
+        if rule.kind not in PROCEDURES:
+            problems.append(f"{where}.kind: {rule.kind!r} is not a procedure; use one of: {', '.join(PROCEDURES)} "
+                            f"[{REFERENCE}#alertrule]")
+            continue
+        problems += [f"{where}.input{p} [{REFERENCE}#alertrule]" for p in _rule_input_problems(rule, catalog, *PROCEDURES[rule.kind][1:],
+                                                                         CATALOG_LOOKUP[rule.kind])]
+    rules = {r.name for r in catalog.alert_rules}
+    for entry in catalog.policy.automation_may_proceed:
+        source, sep, rule_name = entry.partition(":")
+        if entry != AUTO_ROLLBACK_REQUESTER and not (sep and source and rule_name in rules):
+            problems.append(
+                f"policy.automation_may_proceed: {entry!r} is neither '{AUTO_ROLLBACK_REQUESTER}' (the auto-rollback "
+                "schedule) nor '<source>:<name of a rule under alert_rules>' (rules: "
+                f"{', '.join(sorted(rules)) or 'none'}), e.g. 'alertmanager:high-error-rate' [{REFERENCE}#policy]")
+    return problems
+
+
+def _rule_input_problems(rule: AlertRule, catalog: Catalog, model: type[BaseModel], target_field: str,
+                         lookup: str) -> list[str]:
+    """The rule's input checked against the procedure's input model. A templated value ("{labels.x}")
+    is only known when an alert arrives, so it stands in as text and its own errors are not reported."""
+    templated = {k for k, v in rule.input.items() if isinstance(v, str) and "{" in v}
+    sample = {**{k: ("x" if k in templated else v) for k, v in rule.input.items()},
+              "severity": "SEV-2", "requested_by": f"alertmanager:{rule.name}", "reason": "alert"}
+    problems = []
+    try:
+        model.model_validate(sample)
+    except ValidationError as e:
+        allowed = ", ".join(f for f in model.model_fields if f not in ("severity", "requested_by", "reason"))
+        for x in e.errors():
+            key = str(x["loc"][0]) if x["loc"] else ""
+            if key in templated:
+                continue
+            msg = x["msg"].removeprefix("Value error, ")
+            if x["type"] == "extra_forbidden":
+                msg = f"not an input of {rule.kind} rollbacks; its inputs are: {allowed}"
+            elif x["type"] == "missing":
+                msg = f"required by {rule.kind} rollbacks: add it (a value or a template such as {{labels.{key}}})"
+            problems.append(f".{key}: {msg}" if key else f": {msg}")
+    target = rule.input.get(target_field)
+    if isinstance(target, str) and target_field not in templated:
+        try:
+            getattr(catalog, lookup)(target)
+        except UnknownTarget as e:
+            problems.append(f".{target_field}: {e}")
+    return problems
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -431,6 +512,10 @@ def load_catalog(path: str | Path) -> Catalog:
     except yaml.YAMLError as e:
         raise CatalogError(f"{path}: not valid YAML: {e}") from None
     try:
-        return Catalog.model_validate(raw or {})
+        catalog = Catalog.model_validate(raw or {})
     except ValidationError as e:
-        raise CatalogError(_format(path, e)) from None
+        raise CatalogError(_format(path, [explain(Catalog, x) for x in e.errors()])) from None
+    problems = check_catalog(catalog)
+    if problems:
+        raise CatalogError(_format(path, problems))
+    return catalog

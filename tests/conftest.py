@@ -115,7 +115,7 @@ def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> RunCa
     suffix = uuid.uuid4().hex[:6]
     for section in ("services", "sites", "functions", "stacks", "flags", "configs"):
         data[section] = {f"{k}-{suffix}": v for k, v in data.get(section, {}).items()}
-    data["policy"] = policy or {}
+    data["policy"] = {**data.get("policy", {}), **(policy or {})}  # the sandbox's explicit automation list stays
     Catalog.model_validate(data)
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

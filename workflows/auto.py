@@ -25,10 +25,11 @@ with workflow.unsafe.imports_passed_through():
     from common.api import Started
     from common.catalog import Catalog, EcsRef, Service, UnknownTarget
     from common.models import AutoRollbackCheckInput, AutoRollbackReport, Evidence, ServiceCheck
+    from common.policy import AUTO_ROLLBACK_REQUESTER
     from workflows.options import NOTIFY, QUICK, call
     from workflows.timeline import innermost_message
 
-REQUESTED_BY = "auto-rollback:error-rate"  # the policy's automation_may_proceed names it
+REQUESTED_BY = AUTO_ROLLBACK_REQUESTER  # proceeds without waiting only if the policy's automation_may_proceed lists it
 
 
 @workflow.defn(name="AutoRollbackCheck", failure_exception_types=[ValidationError])
