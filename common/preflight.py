@@ -173,7 +173,7 @@ async def check_search_attributes(client: Client, settings: Settings, register: 
         why = "they are not registered"
     except RPCError as e:
         missing = list(SEARCH_ATTRIBUTES)
-        why = f"this process may not register them ({e.status.name if e.status else '?'}: {e.message})"
+        why = f"registering them was refused ({e.status.name if e.status else '?'}: {e.message})"
     return [Problem("search attributes", (
         f"the workflows need the Keyword search attributes {', '.join(missing)} in namespace {namespace!r}, and "
         f"{why}. Have a Temporal admin run: {search_attribute_command(settings, missing)} "

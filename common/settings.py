@@ -79,10 +79,6 @@ class Settings(BaseSettings):
         return None if isinstance(text, str) and not text.strip() else v
 
     @property
-    def catalog_path(self) -> Path:
-        return resolve_mode(self).catalog
-
-    @property
     def address(self) -> str:
         return self.temporal_address or f"127.0.0.1:{self.dev_server_port}"
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import SecretStr
+from temporalio.client import TLSConfig
 
 from common.api import Rollbacks
 from common.settings import ModeError, Settings, resolve_mode
+from common.temporal import tls_config
 from sandbox.catalog import full_catalog_dict
 from sandbox.runner import CATALOG_NAME
 
@@ -101,3 +103,15 @@ def test_in_the_sandbox_the_cli_and_the_api_read_the_catalog_the_worker_uses(tmp
     assert known.returncode == 3 and "cannot reach Temporal at 127.0.0.1:1" in known.stderr, known.stderr
     api = Rollbacks.from_settings(client=None, settings=settings(ROLLBACK_DATA_DIR=str(tmp_path)))  # type: ignore[arg-type]
     assert api.catalog_path == tmp_path / CATALOG_NAME
+
+
+def test_temporal_tls_takes_a_private_ca_and_a_server_name(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nprivate CA\n-----END CERTIFICATE-----\n")
+    tls = tls_config(settings(TEMPORAL_TLS_CA=str(ca), TEMPORAL_TLS_SERVER_NAME="temporal.internal"))
+    assert isinstance(tls, TLSConfig)
+    assert (tls.server_root_ca_cert, tls.domain, tls.client_cert) == (ca.read_bytes(), "temporal.internal", None)
+    assert tls_config(settings(TEMPORAL_API_KEY="k")) is True  # the system's CAs
+    assert tls_config(settings()) is False
+    with pytest.raises(ValueError, match="TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together"):
+        tls_config(settings(TEMPORAL_TLS_CERT=str(ca)))
