@@ -395,7 +395,7 @@ async def cmd_doctor(settings: Settings, a: argparse.Namespace) -> int:
     for line in report.passed:
         console.print(f"[green]ok[/green]   {escape(line)}")
     for p in report.problems:
-        console.print(f"[red]FAIL[/red] [{escape(p.check)}] {escape(p.text)}")
+        console.print(f"[red]FAIL[/red] {escape(f'[{p.check}] {p.text}')}")
     if not (settings.receiver_token or settings.receiver_hmac_secret):
         console.print("note: ROLLBACK_RECEIVER_TOKEN / ROLLBACK_RECEIVER_HMAC_SECRET are not set here; the alert "
                       "receiver refuses to start without one")

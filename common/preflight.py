@@ -106,8 +106,9 @@ def check_catalog(mode: Mode) -> tuple[Catalog | None, list[Problem]]:
     except CatalogError as e:
         text = str(e)
         if mode.sandbox and not mode.catalog.exists():
-            text += (" The sandbox writes this file when the worker starts: start it with 'make run' first "
-                     "(or set ROLLBACK_DATA_DIR to the worker's data folder).")
+            text = (f"{mode.catalog}: the sandbox's catalog does not exist yet; the worker writes it when it starts "
+                    "the sandbox: start it with 'make run' first (or set ROLLBACK_DATA_DIR to the worker's data "
+                    "folder).")
         return None, [Problem("catalog", text)]
 
 

@@ -115,3 +115,13 @@ def test_temporal_tls_takes_a_private_ca_and_a_server_name(tmp_path):
     assert tls_config(settings()) is False
     with pytest.raises(ValueError, match="TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together"):
         tls_config(settings(TEMPORAL_TLS_CERT=str(ca)))
+
+
+def test_doctor_says_what_is_missing_in_the_sandbox(tmp_path):
+    result = run("starter.py", "doctor", env=env_with(ROLLBACK_DATA_DIR=str(tmp_path), ROLLBACK_DEV_SERVER_PORT="1"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert result.stdout.startswith(f"mode: sandbox (catalog {tmp_path / CATALOG_NAME}, task queue rollbacks)")
+    assert f"FAIL [catalog] {tmp_path / CATALOG_NAME}: the sandbox's catalog does not exist yet; the worker writes " \
+           "it when it starts the sandbox: start it with 'make run' first" in result.stdout
+    assert "FAIL [Temporal] cannot reach Temporal at 127.0.0.1:1" in result.stdout
+    assert result.stdout.rstrip().endswith("2 problem(s)")

@@ -269,6 +269,17 @@ def test_unreachable_temporal_an_empty_secret_and_only_aws_region(deployment):
                            "set AWS_DEFAULT_REGION=us-east-1. Every AWS step would fail; see docs/production.md.")
 
 
+def test_no_aws_credentials(deployment):
+    d = deployment
+    d.env = {k: v for k, v in d.env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    d.env.update(AWS_CONFIG_FILE=str(d.tmp / "none"), AWS_SHARED_CREDENTIALS_FILE=str(d.tmp / "none"),
+                 AWS_EC2_METADATA_DISABLED="true")  # nothing anywhere in the chain
+    problems = refused(d.run(".venv/bin/python worker.py"), 2, "the rollback worker")
+    assert problems == ["[AWS] no AWS credentials found; give the worker credentials by the standard chain: "
+                        "AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, AWS_PROFILE with the worker's ~/.aws mounted, "
+                        "or an instance/task role. Every AWS step would fail; see docs/production.md."]
+
+
 def test_a_missing_namespace_and_a_missing_catalog(deployment):
     d = deployment
     d.env.update(TEMPORAL_NAMESPACE="shop-prod", ROLLBACK_CATALOG=str(d.tmp / "nope.yaml"))
