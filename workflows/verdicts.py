@@ -243,18 +243,21 @@ class Verdicts:
                 break
             await workflow.sleep(timedelta(minutes=self.policy.reading_interval_minutes))
             fresh = list(await asyncio.gather(*(self.reading(metrics[i], version) for i in again)))
-            keep_readings(self.status, fresh)
             for i, r in zip(again, fresh):
                 if r.ok is False:
                     r.readings = n
+                    if n == self.policy.failure_limit:
+                        r.detail += f" ({n} failing readings in a row)"
                 else:
                     r.readings = 1
                     r.detail += (f" (the reading before, at {results[i].at:%H:%M:%S}, failed: one failing "
                                  f"reading is not {self.policy.failure_limit} in a row)")
                 results[i] = r
-        for r in results:
-            if r.ok is False:
-                r.detail += f" ({r.readings} failing readings in a row)"
+            keep_readings(self.status, fresh)
+        if self.policy.failure_limit == 1:
+            for r in results:
+                if r.ok is False:
+                    r.detail += " (1 failing reading: policy failure_limit 1)"
         if alarms:
             results.append(await alarm_check(alarms))
         return results
