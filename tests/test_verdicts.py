@@ -282,3 +282,89 @@ async def test_a_restart_onto_the_bad_version_while_monitoring_is_a_regression(t
     names = {r.name for r in result.regressions}
     assert {"serving version", "error_rate"} <= names
     assert next(r for r in result.regressions if r.name == "error_rate").version == "v1.2.3"
+
+
+# --- flag rollbacks: did the business metric come back? (runbook Scenario 4) --------------
+
+def with_bookings(catalog: RunCatalog) -> tuple[RunCatalog, str]:
+    """The flag gates the new booking flow: its metric is bookings per minute, against last week."""
+    flag = catalog.name("new_feature_enabled")
+    catalog.data["flags"][flag]["metrics"] = [{
+        "name": "bookings_per_minute", "kind": "business", "namespace": NAMESPACE, "metric": "Bookings",
+        "dimensions": {"Service": catalog.suffix}, "baseline_from": ["week_ago"], "unit": "/min"}]
+    catalog.data["alert_rules"] = __import__("sandbox.catalog", fromlist=["alert_rules"]).alert_rules()
+    catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
+    return catalog, flag
+
+
+def bookings(aws, catalog: RunCatalog, values: list[float], newest_minutes_ago: float,
+             at: datetime | None = None) -> None:
+    put(aws, {"Service": catalog.suffix}, values, newest_minutes_ago, metric="Bookings", at=at)
+
+
+def last_week(aws, catalog: RunCatalog) -> None:
+    bookings(aws, catalog, noisy(100, 60, 4), newest_minutes_ago=0.5,
+             at=datetime.now(timezone.utc) - timedelta(days=7))
+
+
+async def test_a_flag_rollback_that_does_not_bring_the_business_metric_back_is_a_regression(ts_env, aws, catalog):
+    from common.models import FeatureFlagRollbackInput
+    from workflows.flags import FeatureFlagRollback
+
+    catalog, flag = with_bookings(catalog)
+    last_week(aws, catalog)
+    bookings(aws, catalog, noisy(66, 5, 4), newest_minutes_ago=0.5)  # after the flag is off: still a third down
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        handle = await ts_env.client.start_workflow(FeatureFlagRollback.run, FeatureFlagRollbackInput(
+            flag=flag, action="disable", all_cities=True, severity="SEV-2", requested_by="dana",
+            reason="bookings dropped"), id=new_id(), task_queue=worker.task_queue)
+        with pytest.raises(WorkflowFailureError) as excinfo:
+            await handle.result()
+        s = await status_of(handle)
+    assert "was rolled back and verified, but the affected service did not recover" in failure_text(excinfo)
+    assert [r.name for r in s.regressions] == ["bookings_per_minute"]
+    regression = s.regressions[0]
+    assert regression.verdict == "failed" and "one week earlier, 60 samples" in regression.baseline_source
+    assert "at most 10% below baseline" in regression.detail
+    assert any(e.what.startswith("REGRESSION after the rollback of flag") for e in s.events)
+    steps = {st.name: st.state.value for st in s.steps}
+    assert steps["Verify flag state"] == "succeeded" and steps["Validate rollback"] == "failed"
+
+
+async def test_business_metric_drop_alert_to_flag_rollback_end_to_end(ts_env, aws, catalog):
+    """Runbook Scenario 4 from the alert: the receiver starts the flag rollback, the on-call approves,
+    the flag goes off, bookings come back to last week's level, and the monitoring window follows."""
+    import httpx
+    from pydantic import SecretStr
+
+    from tests.test_receiver import BEARER, TOKEN, alertmanager, serving as receiver
+
+    catalog, flag = with_bookings(catalog)
+    last_week(aws, catalog)
+    bookings(aws, catalog, noisy(66, 5, 4), newest_minutes_ago=6)  # what the alert saw
+    async with in_process_worker(ts_env.client, catalog) as worker, \
+            receiver(ts_env.client, catalog, worker.task_queue, token=SecretStr(TOKEN)) as url:
+        async with httpx.AsyncClient() as http:
+            resp = await http.post(f"{url}/alerts/alertmanager", headers=BEARER, json=alertmanager(
+                catalog.api, alertname="BusinessMetricDrop", flag=flag))
+        assert resp.status_code == 200, resp.text
+        started = resp.json()["results"][0]
+        # (the time-skipping server does not say whether a signal-with-start started the workflow)
+        assert started["kind"] == "flag" and started["workflow_id"] == f"rollback-flag-{flag}"
+        handle = ts_env.client.get_workflow_handle(started["workflow_id"])
+        await wait_phase(handle, "awaiting_approval")
+        await handle.signal("approve", Decision(approver="dana"))
+        await wait_for(handle, lambda s: any(st.name == "Validate rollback" and st.state.value == "running"
+                                             for st in s.steps), timeout=60, what="validation")
+        bookings(aws, catalog, noisy(99, 5, 4), newest_minutes_ago=0.5)  # the flag is off: bookings recover
+        await ts_env.sleep(timedelta(minutes=40))  # the window, then 30 minutes of monitoring
+        await handle.result()  # (a handle not from start_workflow skips no time by itself)
+        result = await status_of(handle)
+    assert result.phase.value == "succeeded", result.message
+    assert result.to_version == "off" and not result.regressions
+    check = next(c for c in result.checks if c.name == "bookings_per_minute")
+    assert check.verdict == "passed" and "one week earlier" in check.baseline_source
+    item = next(i for i in result.checklist if i.item == "Business metrics stable")
+    assert item.state == "passed" and "bookings_per_minute: ok" in item.evidence
+    steps = {st.name: st.state.value for st in result.steps}
+    assert steps["Validate rollback"] == steps["Monitor post-rollback"] == "succeeded"
