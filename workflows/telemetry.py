@@ -2,8 +2,8 @@
 endpoint, ``ROLLBACK_METRICS_PORT``; shown by ``docs/grafana-dashboard.json``).
 
 The workflow meter records nothing while a workflow replays, so a worker restart counts nothing
-twice. Names (the Prometheus exporter adds ``_total`` to counters and ``_bucket``/``_sum``/``_count``
-to histograms): see ``METRICS``; a test checks the dashboard's queries name only these.
+twice. Names: ``METRICS`` (the SDK's Prometheus exporter adds no ``_total`` to counters; histograms get
+``_bucket``/``_sum``/``_count``); tests/test_worker_metrics.py checks the dashboard queries only these.
 """
 
 from __future__ import annotations
