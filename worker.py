@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.appconfig import AppConfigActivities
 from activities.aws import AwsClients
@@ -41,7 +42,7 @@ from activities.flags import FlagActivities
 from activities.http_checks import check_http
 from activities.incidents import IncidentActivities, IncidentSettings
 from activities.lambda_fn import LambdaActivities
-from activities.metrics import CloudWatchActivities
+from activities.metrics import CloudWatchActivities, MetricActivities
 from activities.notify import NotifyActivities
 from activities.temporal_locks import LockActivities
 from common import devserver
@@ -61,6 +62,11 @@ from workflows.service import ServiceRollback
 
 log = structlog.get_logger("worker")
 
+# workflows/verdicts.py judges with SciPy (Mann-Whitney U): numpy and scipy import parts of
+# themselves lazily, so they pass through the workflow sandbox whole (deterministic computation).
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("numpy", "scipy"))
+
 WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, InfraRollback, AutoRollbackCheck, TargetLock,
              FeatureFlagRollback, ConfigRollback]
 
@@ -77,9 +83,10 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
         elbv2.get_weights, elbv2.set_weights,
-        cw.read_metric, cw.alarms_firing,
+        cw.read_metric, cw.alarms_firing, MetricActivities(aws).read_samples,
         check_http,
-        NotifyActivities(settings.slack_webhook_url).notify,
+        NotifyActivities(settings.slack_webhook_url, settings.ui_url, settings.dashboard_url,
+                         settings.temporal_namespace).notify,
         *_incident_activities(settings),
         locks.acquire_lock, locks.holder_running,
         RollbackStartActivities(client, task_queue, catalog_path).start_or_join_rollback,
@@ -117,6 +124,7 @@ def build_worker(client: Client, settings: Settings, catalog_path: Path, task_qu
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
+        workflow_runner=WORKFLOW_RUNNER,
         activities=activities(client, settings, catalog_path, task_queue),
         activity_executor=ThreadPoolExecutor(max_workers=32),
         # Bad input from the Web UI / CLI fails the workflow at once instead of hanging.

@@ -65,22 +65,60 @@ class HttpCheck(Strict):
 
 
 class MetricQuery(Strict):
-    """A CloudWatch metric. ``{version}`` in a dimension value is replaced by the version checked."""
+    """A metric a check reads, from CloudWatch or Prometheus (``provider``), judged against a
+    baseline measured from data (``baseline_from``) by the runbook's thresholds; see docs/verdicts.md.
+
+    CloudWatch: ``namespace``, ``metric``, ``dimensions`` and ``stat``, read per ``period_seconds``.
+    Prometheus: ``promql``, evaluated as a range query with step ``period_seconds``. In both,
+    ``{version}`` (a dimension value, or anywhere in the PromQL) is the version measured: the one
+    serving, or the baseline's version.
+    """
 
     name: str = Field(description="shown in checks, e.g. error_rate")
     kind: Literal["error_rate", "latency_p95", "business"] = Field(
         description="how it is judged against baseline (policy.thresholds): error_rate fails above baseline + "
                     "0.5 percentage points, latency_p95 above baseline + 25 %, business below baseline - 10 %")
-    namespace: str = Field(description="CloudWatch namespace, e.g. Rastup/API")
-    metric: str = Field(description="CloudWatch metric name, e.g. ErrorRate")
+    provider: Literal["cloudwatch", "prometheus"] = Field(
+        "cloudwatch", description="where the samples come from; prometheus needs the catalog's prometheus.url")
+    namespace: str | None = Field(None, description="CloudWatch namespace, e.g. Rastup/API (provider cloudwatch)")
+    metric: str | None = Field(None, description="CloudWatch metric name, e.g. ErrorRate (provider cloudwatch)")
     dimensions: dict[str, str] = Field(default_factory=dict, description='"{version}" in a value is the version '
                                                                          "being checked")
-    stat: str = Field("Average", description="CloudWatch statistic (Average, Sum, Maximum) or extended statistic "
-                                             "(p95)")
-    baseline: float = Field(description="the healthy value, in the metric's own unit: for error_rate a percent "
-                                        "(0.2 means 0.2 %), for latency_p95 usually milliseconds",
-                            json_schema_extra={"unit": "the metric's (see unit)"})
-    unit: str = Field("", description='only displayed after values, e.g. "%" or "ms"; never converted')
+    stat: str = Field("Average", description="CloudWatch statistic per period (Average, Sum, Maximum) or "
+                                             "extended statistic (p95)")
+    promql: str | None = Field(
+        None, description='PromQL with {version}, e.g. histogram_quantile(0.95, sum by (le) '
+                          '(rate(http_request_duration_seconds_bucket{version="{version}"}[1m]))) * 1000')
+    period_seconds: int = Field(60, ge=1, description="one sample per period (seconds): CloudWatch Period, "
+                                                      "Prometheus step")
+    baseline: float | None = Field(
+        None, description="fallback baseline in the metric's own unit (for error_rate a percent: 0.2 means "
+                          "0.2 %), used only when no measured baseline has data; the verdict says so",
+        json_schema_extra={"unit": "the metric's (see unit)"})
+    baseline_from: list[Literal["last_good", "week_ago"]] = Field(
+        default_factory=lambda: ["last_good", "week_ago"], min_length=1,
+        description="where the baseline is measured, tried in order: last_good = the last known-good "
+                    "version in the window before the change began; week_ago = the same metric one week "
+                    "earlier")
+    baseline_minutes: float = Field(60, gt=0, le=24 * 60, description="length of the baseline window (minutes)")
+    optional: bool = Field(False, description="an inconclusive verdict (no data, too few samples, query error) "
+                                              "does not fail validation; it is shown as not checked")
+    unit: str = Field("", description='only displayed after values, e.g. "%", "ms", "/min"; never converted')
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> "MetricQuery":
+        if self.provider == "cloudwatch" and not (self.namespace and self.metric):
+            raise ValueError(f"metric {self.name!r}: provider cloudwatch needs namespace and metric")
+        if self.provider == "prometheus" and not self.promql:
+            raise ValueError(f"metric {self.name!r}: provider prometheus needs promql")
+        return self
+
+
+class Prometheus(Strict):
+    """A Prometheus server (or anything answering its HTTP API: Thanos, Mimir, VictoriaMetrics)."""
+
+    url: str = Field(description="base URL, e.g. http://prometheus:9090")
+    bearer_token_env: str | None = Field(None, description="env var on the worker holding a bearer token")
 
 
 class Stage(Strict):
@@ -322,6 +360,10 @@ class Flag(Strict):
     cities: list[str] = Field(default_factory=list, description="cities with a rollout percentage attribute")
     kill_switch: bool = Field(False, description="enabling it turns something off (e.g. payments_disabled)")
     customer_facing: bool = True
+    services: list[str] = Field(default_factory=list, description="catalog services it affects: their checks "
+                                                                  "run after the rollback, then the monitoring window")
+    metrics: list[MetricQuery] = Field(default_factory=list, description="its own metrics, e.g. the business "
+                                                                         "metric of the feature it gates")
 
 
 class AppConfigTarget(Strict):
@@ -332,6 +374,9 @@ class AppConfigTarget(Strict):
     environment: str = Field(description="environment name or id")
     profile: str = Field(description="configuration profile name or id")
     strategy: str = Field("AppConfig.AllAtOnce", description="deployment strategy name or id")
+    services: list[str] = Field(default_factory=list, description="catalog services it affects: their checks "
+                                                                  "run after the rollback, then the monitoring window")
+    metrics: list[MetricQuery] = Field(default_factory=list, description="its own metrics (checked the same way)")
 
 
 class SecretTarget(Strict):
@@ -341,6 +386,9 @@ class SecretTarget(Strict):
     secret_id: str = Field(description="name or ARN, e.g. rastup/prod/api-key")
     consumers: list[EcsRef] = Field(default_factory=list,
                                     description="ECS services redeployed after the move, so they read it again")
+    services: list[str] = Field(default_factory=list, description="catalog services it affects: their checks "
+                                                                  "run after the rollback, then the monitoring window")
+    metrics: list[MetricQuery] = Field(default_factory=list, description="its own metrics (checked the same way)")
 
 
 ConfigTarget = Annotated[AppConfigTarget | SecretTarget, Field(discriminator="kind")]
@@ -372,6 +420,7 @@ class Catalog(Strict):
     flag_stores: dict[str, FlagStoreConfig] = Field(default_factory=dict, description="where flags live")
     flags: dict[str, Flag] = Field(default_factory=dict, description="FeatureFlagRollback")
     configs: dict[str, ConfigTarget] = Field(default_factory=dict, description="ConfigRollback")
+    prometheus: Prometheus | None = Field(None, description="the server metrics with provider prometheus read")
 
     @model_validator(mode="after")
     def _flags_have_stores(self) -> "Catalog":
@@ -390,11 +439,26 @@ class Catalog(Strict):
             raise ValueError(f"alert_rules: each rule needs its own name (given: {', '.join(names)})")
         if not self.people.on_call:
             raise ValueError("people.on_call must list at least one on-call engineer")
+        for section, entries in (("flags", self.flags), ("configs", self.configs)):
+            for name, entry in entries.items():
+                for svc in entry.services:
+                    if svc not in self.services:
+                        raise ValueError(f"{section}.{name}.services: {svc!r} is not under services: "
+                                         f"(known: {', '.join(sorted(self.services)) or 'none'})")
+        if self.prometheus is None:
+            uses = [m.name for m in self._metrics() if m.provider == "prometheus"]
+            if uses:
+                raise ValueError(f"metrics {', '.join(uses)} use provider prometheus: add prometheus: {{url: ...}}")
         for name, db in self.databases.items():
             if db.app_service and db.app_service not in self.services:
                 raise ValueError(f"databases.{name}.app_service {db.app_service!r} is not under services: "
                                  f"(known: {', '.join(sorted(self.services)) or 'none'})")
         return self
+
+    def _metrics(self) -> list[MetricQuery]:
+        entries = [*self.services.values(), *self.sites.values(), *self.functions.values(), *self.flags.values(),
+                   *self.configs.values()]
+        return [m for e in entries for m in e.metrics]
 
     def service(self, name: str) -> Service:
         return _lookup("service", self.services, name)

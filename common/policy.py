@@ -106,6 +106,16 @@ class Policy(BaseModel):
     monitor_minutes: float = Field(30, gt=0, description="runbook: 'Monitor for 30 minutes'")
     monitor_interval_minutes: float = Field(5, gt=0)
     metric_window_minutes: float = Field(5, gt=0, description="runbook: --window=5m")
+    # Verdicts (workflows/verdicts.py, docs/verdicts.md). A metric check fails only after
+    # failure_limit consecutive failing readings, reading_interval_minutes apart (Argo Rollouts'
+    # failureLimit); fewer than min_samples samples in a window is inconclusive, never a pass.
+    failure_limit: int = Field(2, ge=1, le=10, description="consecutive failing readings before a check fails")
+    reading_interval_minutes: float = Field(1, gt=0, description="between consecutive readings of a failing check")
+    min_samples: int = Field(3, ge=1, description="samples a window needs to be judged at all")
+    # Mann-Whitney U (Kayenta's judge) on top of the thresholds, where both windows have this many samples:
+    # a reading beyond the threshold fails only if the difference is significant at this confidence.
+    mann_whitney_min_samples: int = Field(5, ge=3, description="samples each side needs for the test")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the Mann-Whitney U test (one-sided)")
     validation_attempts: int = Field(3, ge=1, description="tries before validation fails")
     validation_retry_seconds: float = Field(20, ge=0)
     db_restore_timeout_minutes: float = Field(60, gt=0, description="runbook: 10-15 minutes")

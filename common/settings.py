@@ -53,6 +53,10 @@ class Settings(BaseSettings):
 
     metrics_port: int = Field(9464, alias="ROLLBACK_METRICS_PORT", description="0 turns it off")
     slack_webhook_url: SecretStr | None = Field(None, alias="ROLLBACK_SLACK_WEBHOOK_URL")
+    # Links in notifications: the rollback's Web UI page (default: the embedded dev server's UI) and
+    # the Grafana dashboard of docs/grafana-dashboard.json, once imported.
+    web_ui_url: str | None = Field(None, alias="ROLLBACK_WEB_UI_URL")
+    dashboard_url: str | None = Field(None, alias="ROLLBACK_DASHBOARD_URL")
     # Post-rollback actions (runbook): status page and incident ticket; unset = not configured.
     statuspage_url: str | None = Field(None, alias="ROLLBACK_STATUSPAGE_URL")
     statuspage_token: SecretStr | None = Field(None, alias="ROLLBACK_STATUSPAGE_TOKEN")
@@ -77,6 +81,10 @@ class Settings(BaseSettings):
         secret set to nothing, so a deployment does not start believing it is configured."""
         text = v.get_secret_value() if isinstance(v, SecretStr) else v
         return None if isinstance(text, str) and not text.strip() else v
+
+    @property
+    def ui_url(self) -> str | None:
+        return self.web_ui_url or (None if self.temporal_address else f"http://127.0.0.1:{self.dev_ui_port}")
 
     @property
     def address(self) -> str:

@@ -26,7 +26,7 @@ from sandbox.frontend_fleet import SITE_BUCKET, VERSIONS_BUCKET
 from sandbox.lambda_fleet import FUNCTION, catalog_entry as lambda_catalog_entry
 from sandbox.fleet import (BLUE_SERVICE, CLUSTER, CONTAINER, DB_INSTANCE, DB_SECRET, GREEN_SERVICE,
                            SERVICE, Fleet)
-from sandbox.metrics import BASELINE_ERROR_RATE, BASELINE_LATENCY, NAMESPACE
+from sandbox.metrics import BASELINE_ERROR_RATE, BASELINE_LATENCY, BOOKINGS, BUSINESS_NAMESPACE, NAMESPACE
 from common.policy import AUTO_ROLLBACK_REQUESTER
 
 DEFAULT_HTTP_BASE = "http://127.0.0.1:8080"
@@ -145,11 +145,20 @@ def databases_dict(http_base: str) -> dict[str, Any]:
     }
 
 
+def bookings_metric() -> dict[str, Any]:
+    """Runbook Scenario 4's business metric: bookings per minute, against the same hour last week."""
+    return {"name": "bookings_per_minute", "kind": "business", "namespace": BUSINESS_NAMESPACE,
+            "metric": "BookingsPerMinute", "dimensions": {"Service": "api"}, "stat": "Average",
+            "baseline_from": ["week_ago"], "baseline": BOOKINGS, "unit": "/min"}
+
+
 def full_catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
-    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``, the Lambda function and
-    the alert rules."""
+    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``, the Lambda function, the
+    alert rules, and the new booking flow's flag linked to its business metric (checked after a
+    flag rollback: did bookings come back?)."""
     data = {**catalog_dict(http_base, fleet), "databases": databases_dict(http_base),
             "functions": {FUNCTION: lambda_catalog_entry()}, "alert_rules": alert_rules()}
+    data["flags"]["new_feature_enabled"]["metrics"] = [bookings_metric()]
     data["policy"]["automation_may_proceed"].append(HIGH_ERROR_RATE_AUTOMATION)
     return data
 

@@ -44,7 +44,8 @@ def test_the_reference_has_every_key_with_type_default_and_unit():
         section = text.split(f"## {model.__name__}\n", 1)[1].split("\n## ", 1)[0]
         for name in model.model_fields:
             assert f"| `{name}` |" in section, f"{model.__name__}.{name} is missing from docs/catalog.md"
-    assert re.search(r"\| `baseline` \| number \| \*\*required\*\* \| the metric's \(see unit\) \|", text)
+    # baseline is only a fallback now (docs/verdicts.md): optional, with its unit stated
+    assert re.search(r"\| `baseline` \| number \|  \| the metric's \(see unit\) \| fallback baseline", text)
     assert re.search(r"\| `kind` \| one of `error_rate`, `latency_p95`, `business` \|", text)
     assert "| `approval_timeout_minutes` | number | `240` | minutes |" in text
     assert "SEV-0 informational" in text and "SEV-4 complete outage" in text  # the runbook's scale, stated
@@ -58,7 +59,7 @@ def test_model_errors_name_the_fix_and_link_the_reference(tmp_path):
     data = base()
     api = data["services"]["api"]
     api["ecs"]["clustr"] = "rastup-prod"  # a typo
-    api["metrics"][1].pop("baseline")
+    api["metrics"][1].pop("name")  # baseline is an optional fallback now; name is required
     api["metrics"][0]["kind"] = "errors"
     data["configs"] = {"a": {"application": "x"}, "b": {"kind": "vault"}}
     found = problems(tmp_path, data)
@@ -66,8 +67,8 @@ def test_model_errors_name_the_fix_and_link_the_reference(tmp_path):
                                "cluster, service, container [docs/catalog.md#ecsref]")
     assert "services.api.metrics.0.kind: Input should be 'error_rate', 'latency_p95' or 'business' (how it is " \
            "judged against baseline" in found[1]
-    assert found[2].startswith("services.api.metrics.1.baseline: required key missing: add baseline: <number> "
-                               "(the healthy value, in the metric's own unit")
+    assert found[2].startswith("services.api.metrics.1.name: required key missing: add name: "), found[2]
+    assert "shown in checks" in found[2]
     assert found[3].startswith("configs.a: needs a kind: key; set kind to one of: 'appconfig' (")
     assert "'secret' (A Secrets Manager secret" in found[3] and "decides which other keys apply" in found[3]
     assert found[4].startswith("configs.b: kind: 'vault' is not a known kind; set kind to one of: 'appconfig'")
