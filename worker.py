@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.appconfig import AppConfigActivities
 from activities.aws import AwsClients
@@ -41,15 +43,15 @@ from activities.http_checks import check_http
 from activities.identity import IdentityActivities
 from activities.incidents import IncidentActivities, IncidentSettings
 from activities.lambda_fn import LambdaActivities
-from activities.metrics import CloudWatchActivities
+from activities.metrics import CloudWatchActivities, MetricActivities
 from activities.notify import NotifyActivities
 from activities.temporal_locks import LockActivities
 from common import devserver
-from common.catalog import Catalog, CatalogError, load_catalog
+from common.catalog import Catalog
 from common.logging import configure
-from common.settings import Settings
+from common.preflight import preflight
+from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
 from common.api import ensure_auto_rollback_schedule
-from common.temporal import connect, ensure_search_attributes
 from workflows.auto import AutoRollbackCheck
 from workflows.config import ConfigRollback
 from workflows.database import DatabaseRollback
@@ -61,6 +63,11 @@ from workflows.lock import TargetLock
 from workflows.service import ServiceRollback
 
 log = structlog.get_logger("worker")
+
+# workflows/verdicts.py judges with SciPy (Mann-Whitney U): numpy and scipy import parts of
+# themselves lazily, so they pass through the workflow sandbox whole (deterministic computation).
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("numpy", "scipy"))
 
 WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, InfraRollback, AutoRollbackCheck, TargetLock,
              FeatureFlagRollback, ConfigRollback]
@@ -81,9 +88,10 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
         elbv2.get_weights, elbv2.set_weights,
-        cw.read_metric, cw.alarms_firing,
+        cw.read_metric, cw.alarms_firing, MetricActivities(aws).read_samples,
         check_http,
-        NotifyActivities(settings.slack_webhook_url, catalog_path).notify,
+        NotifyActivities(settings.slack_webhook_url, settings.ui_url, settings.dashboard_url,
+                         settings.temporal_namespace, catalog_path).notify,
         *_incident_activities(settings),
         locks.acquire_lock, locks.holder_running,
         RollbackStartActivities(client, task_queue, catalog_path, automation_key).start_or_join_rollback,
@@ -121,6 +129,7 @@ def build_worker(client: Client, settings: Settings, catalog_path: Path, task_qu
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
+        workflow_runner=WORKFLOW_RUNNER,
         activities=activities(client, settings, catalog_path, task_queue),
         activity_executor=ThreadPoolExecutor(max_workers=32),
         # Bad input from the Web UI / CLI fails the workflow at once instead of hanging.
@@ -178,40 +187,69 @@ def banner(settings: Settings, sandbox_info: object | None, catalog: Catalog | N
     console.print("Ctrl-C stops everything this started.")
 
 
-async def main() -> None:
-    settings = Settings()
+def _settings() -> Settings:
+    """The settings, or one paragraph naming the bad variable (never a traceback)."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise StartupError(describe_settings_error(e)) from None
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def main() -> int:
+    try:
+        return await serve()
+    except StartupError as e:
+        print(f"the rollback worker cannot start: {e}", file=sys.stderr)
+        return e.code
+
+
+async def serve() -> int:
+    settings = _settings()
     configure(settings.log_format, settings.log_level)
+    try:
+        mode = resolve_mode(settings)  # the same rule as starter.py and receiver.py
+    except ModeError as e:
+        raise StartupError(str(e)) from None
     with ExitStack() as stack:
         sandbox_info = None
-        if settings.aws == "sandbox":
-            from sandbox import Sandbox, aws_env
-
-            sb = Sandbox(port=settings.sandbox_port, http_port=settings.sandbox_http_port,
-                         data_dir=settings.data_dir)
-            sandbox_info = sb.start()
-            stack.callback(sb.stop)
-            os.environ.update(aws_env(sandbox_info.endpoint_url))
-            catalog_path = settings.catalog or Path(sandbox_info.catalog_path)
-        else:
-            catalog_path = settings.catalog_path
         try:
-            catalog = load_catalog(catalog_path)  # fail fast, with the file and field named
-        except CatalogError as e:
-            raise SystemExit(str(e)) from None
-        if catalog.identity is not None and not catalog.identity.verified:
+            if mode.sandbox:
+                from sandbox import Sandbox, aws_env
+
+                sb = Sandbox(port=settings.sandbox_port, http_port=settings.sandbox_http_port,
+                             data_dir=settings.data_dir)
+                sandbox_info = sb.start()
+                stack.callback(sb.stop)
+                os.environ.update(aws_env(sandbox_info.endpoint_url))
+            if mode.dev_server:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                proc = devserver.start_dev_server(settings.dev_server_port, settings.dev_ui_port,
+                                                  settings.data_dir / "temporal.db",
+                                                  log_file=settings.data_dir / "temporal.log")
+                stack.callback(devserver.stop, proc)
+        except (RuntimeError, OSError) as e:  # a port in use, a missing binary
+            raise StartupError(f"could not start the local {'sandbox' if mode.sandbox else 'dev server'}: {e}") from None
+        # Temporal, namespace, search attributes, catalog, AWS, tools, secrets: each failure one paragraph.
+        report = await preflight(settings, mode, "worker", metrics_port=settings.metrics_port or None)
+        if not report.ok:
+            print(report.render("the rollback worker"), file=sys.stderr)
+            return report.exit_code
+        client, catalog_path, catalog = report.client, mode.catalog, report.catalog
+        assert client is not None
+        for line in report.passed:
+            log.info(f"preflight: {line}")
+        if catalog is not None and catalog.identity is not None and not catalog.identity.verified:
             log.warning("APPROVALS ARE NOT VERIFIED: the catalog says identity.mode: unverified, so any typed "
                         "name counts as that person", catalog=str(catalog_path))
         if settings.automation_secret() is None:
             log.warning("ROLLBACK_AUTOMATION_KEY is not set: the auto-rollback check's and the receiver's rollbacks "
                         "cannot prove they are automation, so they wait for approvals like anyone's")
-        if not settings.temporal_address:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            proc = devserver.start_dev_server(settings.dev_server_port, settings.dev_ui_port,
-                                              settings.data_dir / "temporal.db",
-                                              log_file=settings.data_dir / "temporal.log")
-            stack.callback(devserver.stop, proc)
-        client = await connect(settings, metrics_port=settings.metrics_port or None)
-        await ensure_search_attributes(client, settings.temporal_namespace)
         try:  # runbook: Automation. Best effort: rollbacks do not depend on it
             schedule = await ensure_auto_rollback_schedule(client, settings.task_queue)
             log.info(f"auto-rollback schedule {schedule}", schedule="auto-rollback", every_minutes=5)
@@ -219,7 +257,7 @@ async def main() -> None:
             log.error("could not create or update the auto-rollback schedule", error=e.message)
         worker = build_worker(client, settings, catalog_path)
         banner(settings, sandbox_info, catalog)
-        log.info("worker started", task_queue=settings.task_queue, catalog=str(catalog_path))
+        log.info("worker started", task_queue=settings.task_queue, catalog=str(catalog_path), mode=mode.name)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -227,7 +265,8 @@ async def main() -> None:
         async with worker:
             await stop.wait()
             log.info("shutting down")
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -9,6 +9,7 @@ catalog, every notification says that approvals are not verified.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, SecretStr
@@ -42,9 +43,22 @@ def message(note: Notification, verified: bool = True) -> dict:
 
 
 class NotifyActivities:
-    def __init__(self, slack_webhook_url: SecretStr | None, catalog_path: Path | None = None) -> None:
+    def __init__(self, slack_webhook_url: SecretStr | None, web_ui_url: str | None = None,
+                 dashboard_url: str | None = None, namespace: str = "default",
+                 catalog_path: Path | None = None) -> None:
         self._webhook = slack_webhook_url
+        self._ui, self._dashboard, self._namespace = web_ui_url, dashboard_url, namespace
         self._catalog_path = catalog_path
+
+    def _links(self, note: Notification) -> str:
+        """Where a person follows the rollback: its Web UI page and the dashboard."""
+        links = []
+        if self._ui and note.workflow_id:
+            links.append(f"Web UI: {self._ui.rstrip('/')}/namespaces/{quote(self._namespace)}/workflows/"
+                         f"{quote(note.workflow_id, safe='')}")
+        if self._dashboard:
+            links.append(f"Dashboard: {self._dashboard}")
+        return ("\n" + " | ".join(links)) if links else ""
 
     def _verified(self) -> bool:
         from common.api import read_catalog  # cached until the file changes
@@ -54,7 +68,8 @@ class NotifyActivities:
 
     @activity.defn
     async def notify(self, note: Notification) -> str:
-        """Post to the incidents channel; returns "sent" or "not configured" (logged only)."""
+        """Post to the incidents channel with links; returns "sent" or "not configured" (logged only)."""
+        note = note.model_copy(update={"text": note.text + self._links(note)})
         body = message(note, self._verified())
         activity.logger.info("notification: %s", body["text"])
         if self._webhook is None:

@@ -52,6 +52,7 @@ from common.models import (
     FeatureFlagRollbackInput,
     FrontendRollbackInput, InfraRollbackInput, LambdaRollbackInput, Phase, RollbackStatus, ServiceRollbackInput,
 )
+from common.settings import Settings, resolve_mode
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
 
 # kind -> (workflow type, input model, the input field naming the target)
@@ -258,6 +259,14 @@ class Rollbacks:
         token = mint_automation_token(self.automation_key, requested_by=request.requested_by, kind=kind,
                                       target=target, digest=request_digest(request), via=self.via or "automation")
         return request.model_copy(update={"automation_token": token})
+
+    @classmethod
+    def from_settings(cls, client: Client, settings: Settings | None = None, *,
+                      names: Mapping[str, str] | None = None) -> "Rollbacks":
+        """The worker's task queue and catalog, resolved as the worker resolves them (sandbox or
+        production; ``common.settings.resolve_mode``, which raises ModeError on mixed settings)."""
+        settings = settings or Settings()
+        return cls(client, settings.task_queue, resolve_mode(settings).catalog, names=names)
 
     # --- requests and starts ---
 

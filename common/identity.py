@@ -66,7 +66,8 @@ class OidcConfig(_Strict):
                               description="the claim naming the person; each person under people: has it")
     max_token_age_minutes: float = Field(60, gt=0, le=24 * 60,
                                          description="older tokens (by iat) are refused, even if not expired")
-    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1,
+                                  description="accepted signature algorithms: asymmetric only, never none or HS*")
     leeway_seconds: float = Field(30, ge=0, le=300, description="clock skew allowed on exp / nbf / iat")
 
     @field_validator("algorithms")
@@ -88,9 +89,10 @@ class SlackConfig(_Strict):
 class IdentityConfig(_Strict):
     """How decisions are proven (catalog ``identity:``). ``unverified`` must be said explicitly."""
 
-    mode: Literal["oidc", "unverified"]
-    oidc: OidcConfig | None = None
-    slack: SlackConfig | None = None
+    mode: Literal["oidc", "unverified"] = Field(
+        description="oidc: decisions count only with a verified proof; unverified: typed names count (said everywhere)")
+    oidc: OidcConfig | None = Field(None, description="the identity provider whose ID tokens prove people")
+    slack: SlackConfig | None = Field(None, description="Approve / Reject buttons in #incidents (people's slack_id)")
 
     @model_validator(mode="after")
     def _complete(self) -> "IdentityConfig":

@@ -14,7 +14,6 @@ from moto on every request, so a rollback (update_service, modify_listener) show
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sandbox.fleet import SERVICE, Fleet, Running, client, running
 from sandbox.frontend_fleet import site_index
-from sandbox.oidc import SandboxIssuer
+from sandbox.oidc import SandboxIssuer, reply
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
         if prefix == "site":
             return self._site()
         if prefix == "oidc" and self.server.issuer is not None:
-            issuer = self.server.issuer
-            pages = {".well-known/openid-configuration": issuer.discovery, "jwks.json": issuer.jwks}
-            return self._send(200, pages[endpoint]()) if endpoint in pages else \
-                self._send(404, {"error": f"no such endpoint: {url.path}"})
+            return self._send(*self.server.issuer.answer("GET", endpoint, b""))
         try:
             service = self.server.live.service_for(prefix)
             if service is None:
@@ -81,17 +77,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         """``POST /oidc/login {"person": "alice"}``: the sandbox IdP signs a token for a catalog person."""
-        if urlsplit(self.path).path.rstrip("/") != "/oidc/login" or self.server.issuer is None:
+        prefix, _, endpoint = urlsplit(self.path).path.strip("/").partition("/")
+        if prefix != "oidc" or self.server.issuer is None:
             return self._send(404, {"error": f"no such endpoint: {self.path}"})
-        try:
-            length = min(int(self.headers.get("Content-Length") or 0), 4096)
-            person = json.loads(self.rfile.read(length) or b"{}").get("person", "")
-            token = self.server.issuer.login(str(person))
-        except KeyError as e:
-            return self._send(404, {"error": e.args[0]})
-        except (ValueError, AttributeError):
-            return self._send(400, {"error": 'send {"person": "<name in the catalog>"}'})
-        self._send(200, {"id_token": token, "token_type": "id_token", "expires_in": 30 * 60})
+        length = min(int(self.headers.get("Content-Length") or 0), 4096)
+        self._send(*self.server.issuer.answer("POST", endpoint, self.rfile.read(length)))
 
     def _answer(self, service: str, endpoint: str, query: dict[str, list[str]]) -> dict[str, Any] | None:
         if endpoint == "health":
@@ -120,12 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply(self, status, body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("sandbox endpoint: " + format, *args)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +87,58 @@ class SandboxIssuer:
             raise KeyError(f"{person!r} is not a person of the sandbox catalog "
                            f"(people: {', '.join(sorted(self.people)) or 'none'})")
         return self.mint({"sub": person, "name": person, **claims})
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """The HTTP answer to ``method path`` (``path`` below the issuer, e.g. ``/jwks.json``)."""
+        path = "/" + path.strip("/")
+        if method == "GET" and path == "/.well-known/openid-configuration":
+            return 200, self.discovery()
+        if method == "GET" and path == "/jwks.json":
+            return 200, self.jwks()
+        if method == "POST" and path == "/login":  # {"person": "alice"}
+            try:
+                token = self.login(str(json.loads(body[:4096] or b"{}").get("person", "")))
+            except KeyError as e:
+                return 404, {"error": e.args[0]}
+            except (ValueError, AttributeError):
+                return 400, {"error": 'send {"person": "<name in the catalog>"}'}
+            return 200, {"id_token": token, "token_type": "id_token", "expires_in": TOKEN_MINUTES * 60}
+        return 404, {"error": f"no such endpoint: {path}"}
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class IssuerServer:
+    """The issuer alone on 127.0.0.1:``port`` (0: a free one), for tests that play a company's own
+    identity provider (tests/test_production.py); the sandbox serves it on its endpoint server."""
+
+    def __init__(self, issuer: SandboxIssuer, port: int = 0) -> None:
+        self.issuer = issuer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                length = min(int(self.headers.get("Content-Length") or 0), 4096)
+                reply(self, *issuer.answer(self.command, self.path.split("?")[0], self.rfile.read(length)))
+
+            do_GET = do_POST = _any
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        host, real_port = self._server.server_address[:2]
+        issuer.url = f"http://{host}:{real_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="oidc-issuer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

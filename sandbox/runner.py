@@ -9,6 +9,7 @@ from types import TracebackType
 from pydantic import BaseModel
 from moto.server import ThreadedMotoServer
 
+from common.settings import SANDBOX_CATALOG_NAME
 from sandbox.catalog import DIRECTORY, write_catalog
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import REGION, Fleet, seed
@@ -18,7 +19,7 @@ from sandbox.oidc import PERSON_CLAIM, SandboxIssuer, load_or_create_key
 
 log = logging.getLogger(__name__)
 
-CATALOG_NAME = "sandbox-catalog.yaml"
+CATALOG_NAME = SANDBOX_CATALOG_NAME  # where every entry point looks for it (common.settings.resolve_mode)
 OIDC_KEY_NAME = "oidc-signing-key.pem"
 
 

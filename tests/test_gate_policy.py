@@ -17,7 +17,7 @@ AUTOMATION = ProofRecord(kind="automation", issuer="auto-rollback", subject="aut
 
 
 def gate(severity: str, requester: str = "zoe", **kw) -> ApprovalGate:
-    g = ApprovalGate(policy=Policy(), people=PEOPLE, requester=requester, severity=severity, **kw)
+    g = ApprovalGate(policy=kw.pop("policy", Policy()), people=PEOPLE, requester=requester, severity=severity, **kw)
     g.open = True
     return g
 
@@ -86,24 +86,35 @@ def test_default_policy_is_the_runbook_matrix(sev, n):
 
 
 def test_automation_listed_in_the_policy_proceeds_but_extra_requirements_stay():
-    g = gate("SEV-3", requester="auto-rollback:error-rate", requester_proof=AUTOMATION)
+    listed = Policy(automation_may_proceed=["auto-rollback:error-rate"])
+    g = gate("SEV-3", requester="auto-rollback:error-rate", policy=listed, requester_proof=AUTOMATION)
     assert g.approve_at_start(NOW) and g.view.satisfied
-    g = gate("SEV-3", requester="alertmanager:some-other-rule", requester_proof=AUTOMATION)
+    g = gate("SEV-3", requester="alertmanager:some-other-rule", policy=listed, requester_proof=AUTOMATION)
     assert not g.approve_at_start(NOW) and not g.view.satisfied
-    g = gate("SEV-3", requester="auto-rollback:error-rate", extra=[ExtraRequirement(role="dbas")],
+    g = gate("SEV-3", requester="auto-rollback:error-rate", extra=[ExtraRequirement(role="dbas")], policy=listed,
              requester_proof=AUTOMATION)
     g.approve_at_start(NOW)
     assert not g.view.satisfied and g.view.eligible == ["erin"]
 
 
+@pytest.mark.parametrize("requester", ["alertmanager:high-error-rate", "auto-rollback:error-rate"])
+def test_nothing_is_automation_unless_the_catalog_lists_it(requester):
+    """Copying the README's example rule high-error-rate must not make it a rollback without approval."""
+    assert Policy().automation_may_proceed == []
+    g = gate("SEV-3", requester=requester, requester_proof=AUTOMATION)
+    assert not g.approve_at_start(NOW) and not g.view.satisfied
+
+
 def test_a_typed_requester_gets_no_privilege():
     """A name typed into requested_by, unproven, is neither the on-call engineer nor automation."""
+    listed = Policy(automation_may_proceed=["auto-rollback:error-rate"])
     for requester in ("dana", "auto-rollback:error-rate"):
-        g = gate("SEV-2", requester=requester)
+        g = gate("SEV-2", requester=requester, policy=listed)
         assert not g.approve_at_start(NOW) and g.view.received == [] and not g.view.satisfied
     # automation's proof does not make a person of it, nor a person's proof automation
     assert not gate("SEV-2", requester="dana", requester_proof=AUTOMATION).approve_at_start(NOW)
-    assert not gate("SEV-2", requester="auto-rollback:error-rate", requester_proof=OIDC).approve_at_start(NOW)
+    assert not gate("SEV-2", requester="auto-rollback:error-rate", requester_proof=OIDC,
+                    policy=listed).approve_at_start(NOW)
     # identity.mode: unverified (said explicitly in the catalog): names count as typed
     assert gate("SEV-2", requester="dana", requester_proof=ProofRecord(kind="unverified")).approve_at_start(NOW)
 

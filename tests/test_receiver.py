@@ -29,8 +29,8 @@ from common.api import PROCEDURES, workflow_id
 from common.models import RollbackStatus
 from receiver import ReceiverConfig, create_app
 from sandbox import aws_env
-from sandbox.catalog import alert_rules
 from common.settings import SourceAuth
+from sandbox.catalog import HIGH_ERROR_RATE_AUTOMATION, alert_rules
 from tests.conftest import AUTOMATION_KEY, FAST_POLICY, SLACK_SIGNING_SECRET, RunCatalog, in_process_worker, write_catalog
 from tests.helpers import running_revision
 
@@ -48,6 +48,8 @@ AS_CI = {"Authorization": f"Bearer {CI_TOKEN}"}
 def with_rules(catalog: RunCatalog) -> RunCatalog:
     """The sandbox's alert rules (the runbook's scenarios) in the test's catalog."""
     catalog.data["alert_rules"] = alert_rules()
+    catalog.data["policy"]["automation_may_proceed"] = [*catalog.data["policy"].get("automation_may_proceed", []),
+                                                        HIGH_ERROR_RATE_AUTOMATION]  # as the sandbox lists it
     catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
     return catalog
 
@@ -322,7 +324,8 @@ def test_receiver_entry_point_needs_a_secret_and_serves_on_its_port(dev_env, aws
     empty = subprocess.run([sys.executable, "receiver.py"], cwd=ROOT, capture_output=True, text=True, timeout=30,
                            env={**env, "ROLLBACK_RECEIVER_TOKEN": "", "ROLLBACK_RECEIVER_HMAC_SECRET": ""})
     assert empty.returncode == 2, empty.stderr  # empty values, as a compose file leaves them, are no secrets
-    assert "never accepts unauthenticated alerts (an empty value counts as unset)" in empty.stderr
+    assert "ROLLBACK_RECEIVER_TOKEN is set but empty" in empty.stderr
+    assert "the receiver never accepts unauthenticated alerts" in empty.stderr
 
     log = tmp_path / "receiver.log"
     with open(log, "wb") as out:
