@@ -244,4 +244,10 @@ async def serve() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    code = asyncio.run(main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything we started is stopped by now (main's ExitStack). Skip interpreter teardown: the
+    # SDK's Rust threads can abort it at random ("PyGILState_Release ... finalizing", exit -6;
+    # temporalio/sdk-python#300), which would hide the exit code a refused start means.
+    os._exit(code)

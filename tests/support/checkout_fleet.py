@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -111,13 +111,17 @@ def seed(endpoint_url: str, region: str = "us-east-1") -> Checkout:
     return shop
 
 
-def emit_metrics(shop: Checkout) -> None:
-    """One fresh datapoint per version (the checks read the last 5 minutes)."""
-    shop.client("cloudwatch").put_metric_data(Namespace=NAMESPACE, MetricData=[
-        {"MetricName": METRIC, "Dimensions": [{"Name": "Service", "Value": "checkout"},
-                                              {"Name": "Version", "Value": version}],
-         "Timestamp": datetime.now(timezone.utc), "Value": value, "Unit": "Percent"}
-        for version, value in ERROR_RATE.items()])
+def emit_metrics(shop: Checkout, minutes: int = 70) -> None:
+    """A datapoint a minute per version for the last ``minutes`` (as CloudWatch would hold): the
+    checks need at least policy.min_samples in their window and a measured baseline before it."""
+    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    data = [{"MetricName": METRIC, "Dimensions": [{"Name": "Service", "Value": "checkout"},
+                                                  {"Name": "Version", "Value": version}],
+             "Timestamp": now - timedelta(minutes=m), "Value": value, "Unit": "Percent"}
+            for m in range(minutes, -1, -1) for version, value in ERROR_RATE.items()]
+    cw = shop.client("cloudwatch")
+    for i in range(0, len(data), 20):  # CloudWatch's per-call limit
+        cw.put_metric_data(Namespace=NAMESPACE, MetricData=data[i:i + 20])
 
 
 def running_version(shop: Checkout) -> str:
