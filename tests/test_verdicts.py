@@ -89,6 +89,9 @@ def test_business_metric_drop():
     assert judge(q, None, samples(noisy(97, 5, 4)), None, base, Policy(), NOW).verdict == "passed"
     low = judge(q, None, samples(noisy(66, 5, 4)), None, base, Policy(), NOW)
     assert low.verdict == "failed" and "at most 10% below baseline" in low.detail
+    # (the runbook's 10 % rule was there before; what is new is a verdict that says what it compared)
+    assert "vs baseline 100/min = bookings over ... one week earlier, 60 samples" in low.detail
+    assert low.p_value < 0.05 and low.effect_size == 1.0 and "significant at 95%" in low.detail
 
 
 # --- whole rollbacks ------------------------------------------------------------------
