@@ -81,6 +81,25 @@ class Aws:
 _issuer: SandboxIssuer | None = None  # the session's identity provider, served by the current test's endpoints
 
 
+def slack_proof(user: str, decision: str, handle) -> dict:
+    """A Slack button press on ``handle``'s run, signed as Slack signs it (v0, now): what the receiver
+    passes to the workflow as a decision's ``slack`` proof (tests/test_slack_approvals.py sends it over HTTP)."""
+    import json
+    import time
+    from urllib.parse import urlencode
+
+    from slack_sdk.signature import SignatureVerifier
+
+    from sandbox.catalog import SLACK_TEAM
+
+    body = urlencode({"payload": json.dumps({
+        "type": "block_actions", "user": {"id": user}, "team": {"id": SLACK_TEAM},
+        "actions": [{"action_id": decision, "value": f"{handle.id}/{handle.result_run_id}", "type": "button"}]})})
+    stamp = str(int(time.time()))
+    return {"body": body, "timestamp": stamp,
+            "signature": SignatureVerifier(SLACK_SIGNING_SECRET).generate_signature(timestamp=stamp, body=body)}
+
+
 def id_token(person: str, **claims) -> str:
     """A real ID token from the test's identity provider for a catalog person (``claims`` override):
     what ``starter.py login`` gets in the sandbox. Tests' request helpers prove their requester with it."""

@@ -314,6 +314,10 @@ async def test_escalate_and_approve_right_after_start(dev_env, aws, fast_catalog
             code, out, err = await cli("status", svc, env=env)
             assert code == 0 and "approval: approver (SEV-0): 1/2 (by alice)  eligible: alice, bob, carol" in out
 
+            # carol never logged in: her name alone changes nothing
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-1", "--as", "carol", "--reason", "x", env=env)
+            assert code == 1 and out.startswith("NOT applied: severity change SEV-0 -> SEV-1 not applied: identity "
+                                                "not proven: no proof was sent")
             # back down to SEV-1 asks less: only someone the matrix accepts as approver at SEV-1 may
             code, out, err = await cli("escalate", svc, "--severity", "SEV-1", "--as", "dana", "--reason", "x", env=env)
             assert code == 1

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 
 from activities.rds import Snapshot
 from common.models import DatabaseRollbackInput, Decision
-from tests.conftest import RunCatalog, id_token, in_process_worker, write_catalog
+from tests.conftest import RunCatalog, id_token, in_process_worker, slack_proof, write_catalog
 from tests.helpers import failure_text, new_id, running_revision, status_of, wait_for, wait_phase
 from tests.pg import schema_version, seed_bookings, tables, upgrade
 from workflows.database import DatabaseRollback, choose_snapshot
@@ -185,9 +185,12 @@ async def test_snapshot_restore_needs_the_dba_then_restores_once_and_cuts_over_o
         await handle.signal(DatabaseRollback.approve, Decision(approver="alice", id_token=id_token("alice")))
         await wait_for(handle, lambda s: s.approvals.refused, what="alice refused")
         assert aws.faults.calls["RestoreDBInstanceFromDBSnapshot"] == 0  # nothing restored yet
-        await handle.signal(DatabaseRollback.approve, Decision(approver="erin", id_token=id_token("erin")))
+        # the DBA presses Approve in #incidents: the signed Slack callback is the proof
+        await handle.signal(DatabaseRollback.approve, Decision(approver="erin",
+                                                               slack=slack_proof("U0ERIN", "approve", handle)))
         result = await handle.result()
     assert result.phase.value == "succeeded", result.message
+    assert [(r.approver, r.proof.kind) for r in result.approvals.received] == [("dana", "oidc"), ("erin", "slack")]
     rds = aws.client("rds")
     restored = rds.describe_db_instances(DBInstanceIdentifier="rastup-prod-rollback")["DBInstances"][0]
     original = rds.describe_db_instances(DBInstanceIdentifier="rastup-prod")["DBInstances"][0]

@@ -213,7 +213,7 @@ class RollbackWorkflow:
 
     async def vouched(self, request: RollbackRequest, kind: str, target: str) -> RollbackRequest:
         """A child rollback's request, signed by the worker for this rollback's proven requester."""
-        if not self._uses_proofs() or self._requester is None or self._requester.kind not in ("oidc", "slack"):
+        if not self._uses_proofs() or self._requester is None or self._requester.kind == "unverified":
             return request
         token = await call(IdentityActivities.vouch, Vouch(
             requested_by=request.requested_by, kind=kind, target=target, digest=request_digest(request),
