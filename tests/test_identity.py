@@ -338,3 +338,25 @@ def test_a_catalog_that_does_not_say_how_people_prove_who_they_are_is_refused(tm
     assert "'HS256' not allowed: ID tokens are checked with the provider's public keys" in text
     text = problems({**base, "people": {**base["people"], "aprovers": ["alice"]}})
     assert "'aprovers' is not a role (roles: approvers, on_call, dbas, security)" in text
+
+
+def test_the_banner_and_the_cli_say_when_approvals_are_not_verified(tmp_path, aws):
+    from rich.console import Console
+
+    from common.catalog import Catalog
+    from starter import render
+    from worker import identity_line
+
+    data = write_catalog(tmp_path, aws).data
+    verified = Catalog.model_validate(data)
+    unverified = Catalog.model_validate({**data, "identity": {"mode": "unverified"}})
+    assert identity_line(verified, Settings()).startswith(
+        f"Identity: decisions count only with proof: OIDC tokens from {aws.http_base}/oidc, Slack buttons")
+    assert "APPROVALS ARE NOT VERIFIED" in identity_line(unverified, Settings())
+    status = RollbackStatus(kind="service", target="api", severity="SEV-1", requested_by="zoe", reason="r",
+                            verified=False, requester_not_proven="no proof was sent")
+    console = Console(record=True, width=200)
+    console.print(render(status))
+    text = console.export_text()
+    assert "approvals are not verified (identity.mode: unverified)" in text
+    assert "requested by zoe (not proven: no proof was sent)" in text
