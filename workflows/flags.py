@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from common.models import (ApprovalRecord, Approvals, CheckResult, FeatureFlagRollbackInput, Phase,
                                Requirement, RollbackStatus)
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.config import run_token
     from workflows.options import call
     from workflows.timeline import StepFailed
@@ -79,6 +80,7 @@ class FeatureFlagRollback(RollbackWorkflow):
             self.s.message = "dry run: nothing was changed; the plan lists what a real run would do"
             return
 
+        await self.begin([lock.flag_store(ref.store)])
         await self._approve(ref, before, expected)
         self.set_phase(Phase.rolling_back)
         if workflow.now() > read_at:  # the approval took a while: change what is deployed now

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from common.catalog import Site
     from common.models import CheckResult, FrontendRollbackInput, Phase, RollbackStatus
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.checks import endpoint_probes, http_checks, metric_checks
     from workflows.options import LONG, call
     from workflows.timeline import StepFailed
@@ -81,6 +82,7 @@ class FrontendRollback(RollbackWorkflow):
             self.s.message = "dry run: nothing was changed"
             return
 
+        await self.begin([lock.bucket(site.bucket)])
         await self.approval(context=f"frontend {req.site}: {self.s.plan[0]} in s3://{site.bucket} "
                                     f"({'sync from ' + str(req.to_release) if sync else self.s.to_version})")
         self.set_phase(Phase.rolling_back)

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from common.catalog import Endpoints, Stack
     from common.models import CheckResult, InfraRollbackInput, Phase, RollbackStatus
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.checks import endpoint_probes, http_checks
     from workflows.gate import ExtraRequirement
     from workflows.options import RETRY, call
@@ -109,6 +110,7 @@ class InfraRollback(RollbackWorkflow):
             self.s.message = f"dry run: planned {plan.counts}; nothing was applied"
             return
 
+        await self.begin([lock.stack(stack.repository, stack.directory)])
         applied: Applied | None = None
         if plan.has_changes:
             await self._approve(stack, head.short, target.short, plan)

@@ -10,9 +10,12 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.ecs import Deployed, DeployRequest, EcsActivities, Revision
     from activities.elbv2 import Elbv2Activities, Weights
+    from activities.known_good import Place, choose, describe
     from common.catalog import EcsRef, Service, Stage
     from common.models import CheckResult, Phase, RollbackStatus, ServiceRollbackInput
     from workflows.base import RollbackWorkflow
+    from workflows import lock
+    from workflows.known_good import refuse_automation, remember
     from workflows.checks import endpoint_probes, http_checks, metric_checks
     from workflows.options import call
     from workflows.timeline import StepFailed
@@ -55,11 +58,13 @@ class ServiceRollback(RollbackWorkflow):
             ecs = svc.ecs if svc.blue_green is None else await self._live_side(svc)
             current: Deployed = await call(EcsActivities.describe_deployed, ecs)
             revisions: list[Revision] = await call(EcsActivities.list_versions, ecs)
-            target = choose_target(current.task_definition, revisions, req.to_version)
+            now = next((r for r in revisions if r.arn == current.task_definition.arn), current.task_definition)
+            refuse_automation(self, _label(now), now.verdict)
+            target, why = choose_target(current.task_definition, revisions, req.to_version)
             self.s.from_version, self.s.to_version = current.task_definition.version, target.version
             self.s.extra["target_task_definition"] = target.arn
             st.detail = (f"deployed: {current.task_definition.version} (revision {current.task_definition.revision}); "
-                         f"target: {target.version} (revision {target.revision})")
+                         f"target: {target.version} (revision {target.revision})" + (f": {why}" if why else ""))
 
         self.s.plan = self._plan(svc, ecs, target)
         if req.dry_run:
@@ -68,6 +73,7 @@ class ServiceRollback(RollbackWorkflow):
             self.s.message = "dry run: nothing was changed; the plan lists what a real run would do"
             return
 
+        await self.begin(resources(svc))
         if svc.staging is None:
             self.timeline.skip(STAGING, "no staging counterpart in the catalog")
         else:
@@ -88,6 +94,8 @@ class ServiceRollback(RollbackWorkflow):
                 await self._wait_settled(ecs, target)
                 st.detail = (f"{ecs.service} on {target.arn.rsplit('/', 1)[-1]} and settled"
                              + ("" if changed else " (it already was)"))
+        await remember(self, (Place(kind="ecs", name=current.task_definition.arn), "bad"),
+                       (Place(kind="ecs", name=target.arn), "restored"))
 
         self.set_phase(Phase.validating)
         async with self.timeline.step(VALIDATE) as st:
@@ -97,6 +105,8 @@ class ServiceRollback(RollbackWorkflow):
         async with self.timeline.step(MONITOR) as st:
             st.detail = await self.monitor(minutes, policy.monitor_interval_minutes,
                                            lambda: self._checks(svc, target.version))
+        if not self.s.regressions:
+            await remember(self, (Place(kind="ecs", name=target.arn), "good"))
         self.s.message = (f"{req.service} rolled back to {target.version}"
                           + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
                              if self.s.regressions else "; monitoring found no regression"))
@@ -202,8 +212,25 @@ class ServiceRollback(RollbackWorkflow):
                 + await metric_checks(svc.metrics, svc.alarms, version, policy))
 
 
-def choose_target(current: Revision, revisions: list[Revision], to_version: str | None) -> Revision:
-    """``to_version`` if given (must exist), else the newest revision with an earlier, different version."""
+def resources(svc: Service) -> list[str]:
+    """What a service rollback may touch: its ECS service(s), the listener, the staging service."""
+    ecs = [svc.ecs] if svc.blue_green is None else [svc.blue_green.blue.ecs, svc.blue_green.green.ecs]
+    names = [lock.ecs_service(e) for e in ecs]
+    if svc.blue_green is not None:
+        names.append(lock.listener(svc.blue_green.listener_arn))
+    if svc.staging is not None:
+        names.append(lock.ecs_service(svc.staging.ecs))
+    return names
+
+
+def _label(r: Revision) -> str:
+    return f"{r.version} (revision {r.revision})"
+
+
+def choose_target(current: Revision, revisions: list[Revision], to_version: str | None) -> tuple[Revision, str]:
+    """``to_version`` if given (must exist; a person may name any version), else the newest revision
+    with an earlier, different version that no rollback left as bad (activities/known_good.py).
+    Returns it and why it was chosen."""
     if to_version:
         match = next((r for r in revisions if r.version == to_version), None)
         if match is None:
@@ -213,9 +240,17 @@ def choose_target(current: Revision, revisions: list[Revision], to_version: str 
         if match.version == current.version:
             raise StepFailed(f"{current.family} already runs {to_version} (revision {current.revision}); "
                              "nothing to roll back")
-        return match
+        return match, (f"named by to_version; {describe(_label(match), match.verdict)}" if match.verdict else "")
     older = [r for r in revisions if r.revision < current.revision and r.version != current.version]
     if not older:
         raise StepFailed(f"no earlier version of {current.family} than {current.version} "
                          f"(revision {current.revision}) exists to roll back to")
-    return older[0]
+    by_arn = {r.arn: r for r in older}
+    choice = choose([r.arn for r in older], {r.arn: r.verdict for r in older if r.verdict},
+                    label=lambda arn: _label(by_arn[arn]))
+    if choice is None:
+        raise StepFailed(f"every earlier version of {current.family} was left as bad by a rollback ("
+                         + "; ".join(describe(_label(r), r.verdict) for r in older[:5])
+                         + "); name the version to return to with to_version")
+    judged = any(r.verdict for r in older)
+    return by_arn[choice.version], (choice.why if judged else "")
