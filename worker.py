@@ -84,7 +84,7 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         NotifyActivities(settings.slack_webhook_url).notify,
         *_incident_activities(settings),
         locks.acquire_lock, locks.holder_running, locks.acquire_locks, locks.release_locks,
-        RollbackStartActivities(client, task_queue, catalog_path).start_or_join_rollback,
+        *_start_activities(client, task_queue, catalog_path),
         tasks.run_one_off, tasks.task_state, tasks.force_new_deployment,
         rds.describe_instance, rds.find_instance, rds.list_snapshots, rds.restore_from_snapshot,
         SecretsActivities(aws).point_secret_at, Route53Activities(aws).upsert_cname,
@@ -96,6 +96,12 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         tf.resolve_stack_commits, tf.checkout_stack, tf.plan_stack, tf.apply_stack_plan, tf.validate_stack,
         *_config_activities(aws),
     ]
+
+
+def _start_activities(client: Client, task_queue: str, catalog_path: Path) -> list:
+    """Temporal from a workflow: starting a rollback (the auto-rollback check), its previous report."""
+    starts = RollbackStartActivities(client, task_queue, catalog_path)
+    return [starts.start_or_join_rollback, starts.previous_check]
 
 
 def _config_activities(aws: AwsClients) -> list:

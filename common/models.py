@@ -453,6 +453,8 @@ class ServiceCheck(BaseModel):
     outcome: Literal["below", "started", "joined", "handled", "declined", "not_checked", "error"]
     workflow_id: str = ""
     detail: str = ""
+    decline_key: str = ""  # declined: what it is about; a decline is announced once per key
+    announced: bool = False  # declined: posted to #incidents by this check (False: an earlier one did)
 
 
 class AutoRollbackReport(BaseModel):
