@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,6 @@ FLAGS = {"severity": "--severity", "requested_by": "--requested-by", "reason": "
          "by": "--as", "service": "target"}
 ENDED_OK = (Phase.succeeded, Phase.planned)
 POLL_SECONDS = 1.0
-CANCEL_WAIT_POLLS = 60  # half-seconds to wait for a cancelled rollback to end (a change under way finishes)
 
 
 class CliError(RollbackError):
@@ -307,16 +307,15 @@ async def cmd_cancel(client: Client, settings: Settings, a: argparse.Namespace) 
         await handle.cancel()
         console.print(f"cancel requested for {handle.id}: no change starts after it; a change under way "
                       "finishes first (never half made); traffic is not moved back to the bad version")
-    for _ in range(CANCEL_WAIT_POLLS):  # what really happened: wait for the workflow to end
+    deadline = time.monotonic() + a.wait
+    while desc.status == WorkflowExecutionStatus.RUNNING:  # what really happened: wait for it to end
+        if time.monotonic() > deadline:
+            console.print(f"not confirmed yet: {handle.id} has not stopped within {a.wait:g}s (is the worker "
+                          f"running?); no change starts after the cancel. Check 'starter.py status "
+                          f"{escape(a.target)}'")
+            return 0
         await asyncio.sleep(POLL_SECONDS / 2)
         desc = await handle.describe()
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            break
-    else:
-        console.print(f"not confirmed yet: {handle.id} has not stopped within {CANCEL_WAIT_POLLS * POLL_SECONDS / 2:g}s "
-                      f"(is the worker running?); no change starts after the cancel. Check 'starter.py status "
-                      f"{escape(a.target)}'")
-        return 0
     try:
         s = await rb.query_status(handle)
     except RollbackError as e:
@@ -403,7 +402,8 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="rollbacks in flight")
     ls.add_argument("--all", action="store_true", help="include finished ones")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    targeted("cancel", "stop a rollback: no further changes are made")
+    c = targeted("cancel", "stop a rollback: no change starts after the cancel; says what was changed")
+    c.add_argument("--wait", type=float, default=30, help="seconds to wait for it to stop and say how (default 30)")
     sc = sub.add_parser("schedule", help="the auto-rollback schedule (every 5 minutes; runbook: Automation)")
     sc.add_argument("action", choices=["pause", "resume", "status"])
     sc.add_argument("--note", help="why (kept on the schedule, shown by status)")

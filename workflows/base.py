@@ -255,14 +255,22 @@ class RollbackWorkflow:
         if self.ledger is None or not self.ledger.made:
             return message + ("" if self.ledger is None or "nothing was changed" in message
                               else "; nothing was changed")
-        return (f"{message}. State left: {self.ledger.describe()}. "
-                f"To return to a clean state: {self.clean_state()}")
+        state, clean = self.left_behind()
+        return (f"{message}. State left: {state + '; ' if state else ''}changes made: {self.ledger.describe()}. "
+                f"To return to a clean state: {clean}")
 
-    def clean_state(self) -> str:
-        """After a failure that followed a change: the command or rollback that returns to a clean
-        state. Procedures say it precisely; this is the general answer."""
-        return (f"the changes above are the only ones made; 'starter.py status {self.s.workflow_id}' shows them. "
-                "Start a new rollback to the version you want (or fix the cause and start this one again)")
+    def left_behind(self) -> tuple[str, str]:
+        """After a failure that followed a change: the state it left (traffic weights, which side runs
+        what, what was copied) and the command or rollback that returns to a clean state. Procedures
+        say it precisely; this is the general answer."""
+        return "", (f"the changes listed are the only ones made ('starter.py status {self.s.workflow_id}'): fix "
+                    "the cause and start the rollback again, or start one to the version you want")
+
+    def starter(self, target: str, *options: str) -> str:
+        """A ``starter.py start`` command that works as printed (for the hints of ``left_behind``)."""
+        kind = "" if self.kind == "service" else f" --kind {self.kind}"
+        return (f"starter.py start {target}{kind} --severity {self.s.severity} --requested-by {self.s.requested_by} "
+                f"--reason 'undo {self.s.workflow_id}'" + "".join(f" {o}" for o in options))
 
     async def _wrap_up(self, phase: Phase) -> RollbackStatus:
         """The end of every rollback: the validation checklist, the post-rollback actions, the report."""

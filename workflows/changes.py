@@ -66,6 +66,10 @@ CHANGES: dict[str, Callable[[Any], str]] = {
     "deploy_flags": lambda d: f"deploy flag store revision {d.revision}",
     "start_deployment": lambda s: (f"appconfig start-deployment {s.resolved.where} --configuration-version "
                                    f"{s.version}"),
+    # bookkeeping, but an AWS write too: never after a cancel either (activities/known_good.py)
+    "record_verdicts": lambda rs: "tag rollback verdicts: " + ", ".join(
+        f"{r.place.version or r.place.name.rsplit('/', 1)[-1]} {r.verdict.verdict}" for r in rs[:6])
+        + (f" and {len(rs) - 6} more" if len(rs) > 6 else ""),
     "move_current": lambda m: (f"secretsmanager update-secret-version-stage --secret-id {m.secret_id} "
                                f"--version-stage AWSCURRENT --remove-from-version-id {m.from_version} "
                                f"--move-to-version-id {m.to_version}"),

@@ -79,6 +79,15 @@ class ConfigRollback(RollbackWorkflow):
         else:
             await self._secret(target)
 
+    def left_behind(self) -> tuple[str, str]:
+        back = self.starter(self.request.target, f"--to-version {self.s.from_version}")
+        if "secret_versions" in self.s.extra:
+            return (f"AWSCURRENT on {self.s.to_version}",
+                    f"to put AWSCURRENT back on {self.s.from_version}: {back} (it redeploys the consumers too)")
+        return (f"deployment {self.s.extra.get('deployment', '?')} of version {self.s.to_version} "
+                f"({self.s.extra.get('deployment_state', 'started')})",
+                f"to deploy version {self.s.from_version} again: {back}")
+
     def _dry_run(self, steps: list[str]) -> bool:
         if not self.request.dry_run:
             return False

@@ -258,6 +258,25 @@ class DatabaseRollback(RollbackWorkflow):
         self.s.message = (f"{req.database} now served by {new_id} (restored from {snap.id}); "
                           f"{db.rds_instance} was left untouched")
 
+    def left_behind(self) -> tuple[str, str]:
+        req = self.request
+        if req.mode != "snapshot_restore":
+            return (f"the migration command ran (the database was at {self.s.from_version})",
+                    f"the application's own upgrade returns the schema to {self.s.from_version} "
+                    "(e.g. alembic upgrade <revision>); see the command's output in status.extra")
+        new = self.s.extra.get("new_instance", "?")
+        cut = self.timeline.get(CUTOVER).state.value if self.timeline else "pending"  # type: ignore[union-attr]
+        db = self.catalog.database(req.database) if self.catalog else None
+        if cut == "pending":
+            return (f"new instance {new} created; the application still uses {self.s.from_version}, which was "
+                    "never modified", f"nothing serves from {new}: delete it when it is no longer needed "
+                    f"(aws rds delete-db-instance --db-instance-identifier {new} --skip-final-snapshot)")
+        how = (f"the secret {db.cutover.secret_id}" if db and db.cutover and db.cutover.kind == "secret"
+               else "the DNS record")
+        return (f"the application was pointed at {new} ({how}); {self.s.from_version} was never modified",
+                f"point {how} back at {self.s.from_version} (its endpoint is unchanged) and redeploy the "
+                "application, then delete " + new + " when it is no longer needed")
+
     def _resources(self, db: Database) -> list[str]:
         return [lock.database(self.request.database)] + ([lock.rds_instance(db.rds_instance)] if db.rds_instance else [])
 

@@ -121,6 +121,15 @@ class FeatureFlagRollback(RollbackWorkflow):
         self.s.message = (f"flag {req.flag} is {self.s.to_version}, verified as served "
                           f"{self.s.extra['seconds_to_verified']:g} s after the start")
 
+    def left_behind(self) -> tuple[str, str]:
+        before = self.s.extra.get("revision_before")
+        written = self.s.extra.get("revision_written")
+        rollout = self.s.extra.get("rollout") or {}
+        state = (f"flag store revision {written} written" + (f", its deployment {rollout.get('state')}" if rollout else
+                                                             ", not deployed") if written else "")
+        return state, (f"revision {before} is the flag as it was: start a flag rollback with the values it had "
+                       f"({self.s.from_version}), or redeploy revision {before} in the store")
+
     # --- steps -------------------------------------------------------------------------
 
     def _change(self, flag: Flag) -> FlagChange:

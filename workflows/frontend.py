@@ -123,6 +123,17 @@ class FrontendRollback(RollbackWorkflow):
                                            policy.monitor_interval_minutes, lambda: self._checks(site))
         self.s.message = f"site {req.site} restored ({self.s.to_version})"
 
+    def left_behind(self) -> tuple[str, str]:
+        site = self.request.site
+        applied = self.s.extra.get("applied")
+        state = (f"{applied['copied']} object(s) copied and {applied['deleted']} deleted in the live bucket"
+                 if applied else "the copy stopped partway: some objects are restored, others not")
+        before = self.s.started_at
+        undo = self.starter(site, "--set strategy=object_versions", f"--set restore_to={before:%Y-%m-%dT%H:%M:%SZ}",
+                            "--set exact=true") if before else "an object_versions rollback to before this one"
+        return state, (f"the bucket is versioned: every object goes back to how it was before this rollback with "
+                       f"{undo}; or fix the cause and start this rollback again (copies already made are skipped)")
+
     async def _wait_invalidation(self, ref: InvalidationRef) -> None:
         policy = self.catalog.policy  # type: ignore[union-attr]
         deadline = workflow.now() + timedelta(minutes=policy.invalidation_timeout_minutes)

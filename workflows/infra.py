@@ -133,6 +133,12 @@ class InfraRollback(RollbackWorkflow):
         self.s.message = (f"stack {req.stack} rolled back to {target}: {plan.counts}" if applied else
                           f"stack {req.stack} already matches {target}: nothing was applied")
 
+    def left_behind(self) -> tuple[str, str]:
+        return ("the plan was applied (or partly: terraform stops at the first error); the state file says what "
+                "exists", f"to return the stack to {self.s.from_version}: "
+                + self.starter(self.request.stack, f"--set to_commit={self.s.from_version}")
+                + " (its plan shows what it changes, before approval)")
+
     async def _approve(self, stack: Stack, head: str, target: str, plan: PlanSummary) -> None:
         assert self.catalog is not None
         need = self.catalog.policy.destroy_requires_approvals

@@ -240,6 +240,15 @@ class LambdaRollback(RollbackWorkflow):
 
     # --- helpers ---------------------------------------------------------------------
 
+    def left_behind(self) -> tuple[str, str]:
+        undo = [f"aws lambda update-alias --function-name {m.fn.function_name} --name {m.before.alias} "
+                f"--function-version {m.before.function_version} --routing-config "
+                f"'AdditionalVersionWeights={{{','.join(f'{v}={w:g}' for v, w in m.before.weights.items())}}}'"
+                for m in self.moves.values()]
+        shown = "; ".join(undo[:5]) + (f"; and {len(undo) - 5} more like it (status.extra.functions has each "
+                                       "function's version before)" if len(undo) > 5 else "")
+        return "", f"to point the aliases back where they were: {shown}"
+
     @staticmethod
     def _place(m: Move, version: str) -> Place:
         return Place(kind="lambda", name=m.fn.function_name, version=version)

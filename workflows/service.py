@@ -11,7 +11,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.ecs import Deployed, DeployRequest, EcsActivities, Revision
     from activities.elbv2 import Elbv2Activities, Weights
     from activities.known_good import Place, choose, describe
-    from common.catalog import EcsRef, Service, Stage
+    from common.catalog import BlueGreenSide, EcsRef, Service, Stage
     from common.models import CheckResult, Phase, RollbackStatus, ServiceRollbackInput
     from workflows.base import RollbackWorkflow
     from workflows import lock
@@ -66,6 +66,8 @@ class ServiceRollback(RollbackWorkflow):
             st.detail = (f"deployed: {current.task_definition.version} (revision {current.task_definition.revision}); "
                          f"target: {target.version} (revision {target.revision})" + (f": {why}" if why else ""))
 
+        self.where: tuple[EcsRef, Revision, Revision] = (ecs, current.task_definition, target)
+        self.sides: tuple[BlueGreenSide, BlueGreenSide, Revision | None] | None = None  # blue/green: live, standby
         self.s.plan = self._plan(svc, ecs, target)
         if req.dry_run:
             for name in (STAGING, APPROVAL, EXECUTE, VALIDATE, MONITOR):
@@ -110,6 +112,34 @@ class ServiceRollback(RollbackWorkflow):
         self.s.message = (f"{req.service} rolled back to {target.version}"
                           + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
                              if self.s.regressions else "; monitoring found no regression"))
+
+    def left_behind(self) -> tuple[str, str]:
+        ecs, bad, target = self.where
+        ecs_cmd = "aws ecs update-service --cluster {} --service {} --task-definition {}".format
+        if self.timeline is not None and self.timeline.get(EXECUTE).state.value == "pending":
+            return (f"production is untouched ({ecs.service} runs {bad.version}); only staging was changed",
+                    "nothing to undo in production; staging runs the version it was given")
+        if self.sides is None:
+            return (f"{ecs.service} runs {target.version} ({_td(target.arn)}), {bad.version} before",
+                    f"to return {ecs.service} to {bad.version}: {ecs_cmd(ecs.cluster, ecs.service, _td(bad.arn))}; "
+                    "or start a rollback to another version with to_version")
+        live, standby, standby_before = self.sides
+        pct = self.s.extra.get("rollout_percentage", 0)
+        bg = self.catalog.service(self.request.service).blue_green  # type: ignore[union-attr]
+        state = (f"traffic: {pct}% on {standby.ecs.service} ({target.version}), {100 - pct}% on {live.ecs.service} "
+                 f"({bad.version}); {standby.ecs.service} runs {target.version}"
+                 + (" and serves nothing" if pct == 0 else ""))
+        clean = [f"fix the cause (e.g. the IAM permission named above) and start the rollback again: it reuses "
+                 f"{standby.ecs.service} as it is"]
+        if pct and bg is not None:
+            clean.append(f"or send all traffic back to {live.ecs.service}: aws elbv2 modify-listener --listener-arn "
+                         f"{bg.listener_arn} --default-actions 'Type=forward,ForwardConfig={{TargetGroups=["
+                         f"{{TargetGroupArn={live.target_group_arn},Weight=100}},"
+                         f"{{TargetGroupArn={standby.target_group_arn},Weight=0}}]}}'")
+        if standby_before is not None and standby_before.arn != target.arn:
+            clean.append(f"to put {standby.ecs.service} back on {standby_before.version}: "
+                         + ecs_cmd(standby.ecs.cluster, standby.ecs.service, _td(standby_before.arn)))
+        return state, "; ".join(clean)
 
     # --- steps -----------------------------------------------------------------------
 
@@ -176,6 +206,11 @@ class ServiceRollback(RollbackWorkflow):
         w: Weights = await call(Elbv2Activities.get_weights, bg.listener_arn)
         blue_live = w.weights.get(bg.blue.target_group_arn, 0) >= w.weights.get(bg.green.target_group_arn, 0)
         live, standby = (bg.blue, bg.green) if blue_live else (bg.green, bg.blue)
+        before: Deployed | None = None
+        if self.ledger is not None:  # what the standby runs now, to say how to put it back after a failure
+            before = await call(EcsActivities.describe_deployed, standby.ecs)
+        self.sides = (live, standby, before.task_definition if before else None)
+        self.s.extra.setdefault("rollout_percentage", 0)
         await call(EcsActivities.deploy_task_definition,
                    DeployRequest(ecs=standby.ecs, task_definition_arn=target.arn))
         await self._wait_settled(standby.ecs, target)
@@ -221,6 +256,10 @@ def resources(svc: Service) -> list[str]:
     if svc.staging is not None:
         names.append(lock.ecs_service(svc.staging.ecs))
     return names
+
+
+def _td(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1]
 
 
 def _label(r: Revision) -> str:
