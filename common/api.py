@@ -362,7 +362,8 @@ class Rollbacks:
                                f"{phase or state(run.status)} at {run.close_time:%Y-%m-%d %H:%M:%S}Z); within "
                                f"policy.auto_rollback_cooldown_minutes ({minutes:g}), until "
                                f"{until:%Y-%m-%d %H:%M:%S}Z, only a person can start another: "
-                               f"'starter.py start {target} --kind {kind} ...'"))
+                               f"'starter.py start {target} --kind {kind} --severity <SEV> --requested-by <you> "
+                               "--reason <why>'"))
         return None
 
     def _ended_since(self, kind: str, target: str, desc: WorkflowExecutionDescription,

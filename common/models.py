@@ -19,9 +19,9 @@ from common.policy import Severity
 MAX_REASON = 4000  # characters: a few KB, a paragraph
 MAX_NAME = 200  # a person, a version, a comment's author
 MAX_TEXT = 2000  # a comment, a summary
-MAX_LABELS = 64
-MAX_LABEL_KEY = 128
-MAX_LABEL_VALUE = 1024
+MAX_LABELS = 32  # an alert's labels (they become evidence): 32 x 320 characters at most
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
 Label = Annotated[str, Field(max_length=MAX_LABEL_VALUE)]
 LabelKey = Annotated[str, Field(max_length=MAX_LABEL_KEY)]
 

@@ -60,6 +60,7 @@ class RollbackWorkflow:
 
     kind = "rollback"
     customer_facing = False  # procedures set it from their catalog entry (status page updates)
+    rehearsal_steps: tuple[str, ...] = ()  # steps whose changes customers never see (e.g. staging)
 
     def __init__(self) -> None:
         self._status: RollbackStatus | None = None
@@ -304,7 +305,8 @@ class RollbackWorkflow:
                             severity=self.s.severity, body=self.s.report, at=workflow.now())
         if not self.customer_facing:
             self._record_action("update status page", "skipped", f"{self.s.target} is not customer-facing")
-        elif self.ledger is not None and not self.ledger.made:  # customers hear only of real changes
+        elif self.ledger is not None and not [c for c in self.ledger.made if c.step not in self.rehearsal_steps]:
+            # customers hear only of real changes
             self._record_action("update status page", "skipped", "no change was made")
         else:
             await self._act("update status page", call(IncidentActivities.update_status_page, note, options=NOTIFY))

@@ -14,7 +14,7 @@ from pydantic_core import to_json
 
 from common.models import RollbackStatus
 
-MAX_EVIDENCE = 20  # alerts kept verbatim in a status; the rest are counted (evidence_received)
+MAX_EVIDENCE = 10  # alerts kept verbatim in a status (~12 KB each at most); the rest are counted
 MAX_STATUS = 256 * 1024  # bytes of JSON: a status (query answer, result) is trimmed beyond this
 MAX_REPORT = 64 * 1024  # characters of the final report (also sent as the ticket's description)
 MAX_DETAILS = 16 * 1024  # characters of the Web UI's current details

@@ -31,7 +31,8 @@ def _td(arn: str) -> str:
 
 
 def _weights(w: Any) -> str:
-    return ", ".join(f"{_td(tg)} {pct}%" for tg, pct in w.weights.items())
+    """Target group ARN ...:targetgroup/<name>/<id> -> "<name> <weight>%"."""
+    return ", ".join(f"{tg.split(':targetgroup/')[-1].split('/')[0]} {pct}%" for tg, pct in w.weights.items())
 
 
 def _alias(to: Any) -> str:
@@ -45,7 +46,7 @@ def _alias(to: Any) -> str:
 CHANGES: dict[str, Callable[[Any], str]] = {
     "deploy_task_definition": lambda r: (f"ecs update-service --cluster {r.ecs.cluster} --service {r.ecs.service} "
                                          f"--task-definition {_td(r.task_definition_arn)}"),
-    "set_weights": lambda w: f"elbv2 modify-listener {_td(w.listener_arn)}: {_weights(w)}",
+    "set_weights": lambda w: f"elbv2 modify-listener --listener-arn {w.listener_arn}: {_weights(w)}",
     "force_new_deployment": lambda e: (f"ecs update-service --cluster {e.cluster} --service {e.service} "
                                        "--force-new-deployment"),
     "run_one_off": lambda t: f"ecs run-task --cluster {t.ecs.cluster} ({t.ecs.service}'s task definition): "

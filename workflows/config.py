@@ -190,6 +190,12 @@ class ConfigRollback(RollbackWorkflow):
             if self.request.to_version == current.version:
                 raise StepFailed(f"version {current.version} is already deployed to {r.environment}; nothing to "
                                  "roll back")
+            if self.ledger is not None:  # a typo fails here, naming the field (runs from before: at the read)
+                versions: list[int] = await call(AppConfigActivities.hosted_versions, r)
+                if int(self.request.to_version) not in versions:
+                    raise StepFailed(f"to_version {self.request.to_version!r} is not a hosted configuration version "
+                                     f"of {r.profile} (versions: {', '.join(map(str, versions)) or 'none'}); "
+                                     "nothing was changed")
             return int(self.request.to_version)
         earlier = list(dict.fromkeys(d.version for d in history.deployments
                                      if d.number < current.number and d.state == "COMPLETE"

@@ -38,6 +38,7 @@ class ServiceRollback(RollbackWorkflow):
     """
 
     kind = "service"
+    rehearsal_steps = (STAGING,)
 
     @workflow.run
     async def run(self, request: ServiceRollbackInput) -> RollbackStatus:
