@@ -216,3 +216,23 @@ async def test_alerts_never_cascade_a_lambda_rollback(dev_env, aws, tmp_path):
         assert refused.phase.value == "refused", refused.message
         assert f"automation already returned {name} to {FUNCTION} version 3: restored and verified" in refused.message
     assert lam.get_alias(FunctionName=FUNCTION, Name=ALIAS)["FunctionVersion"] == "3"  # never further back
+
+
+async def test_the_check_judges_only_what_actually_serves(dev_env, aws, tmp_path):
+    # Before: with blue/green traffic split 50/50, the check judged one side's version as "the deployed one"
+    # and rolled back a service whose traffic was a mix of versions.
+    catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "monitor_minutes": 0.05})
+    catalog.data["services"][catalog.api]["auto_rollback"] = False
+    catalog.data["services"][catalog.api_bg]["auto_rollback"] = True
+    catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
+    f = aws.fleet
+    aws.client("elbv2").modify_listener(ListenerArn=f.listener_arn, DefaultActions=[{
+        "Type": "forward", "ForwardConfig": {"TargetGroups": [
+            {"TargetGroupArn": f.blue_target_group_arn, "Weight": 50},
+            {"TargetGroupArn": f.green_target_group_arn, "Weight": 50}]}}])
+    async with in_process_worker(dev_env.client, catalog) as worker:
+        result = (await check(dev_env.client, worker.task_queue)).services[0]
+    assert (result.service, result.outcome) == (catalog.api_bg, "not_checked"), result.detail
+    assert "traffic is split (api-service-blue 50, api-service-green 50)" in result.detail
+    assert "a mix of versions, so it is not judged now" in result.detail
+    assert aws.faults.changes() == {"ModifyListener": 1}  # ours, above: nothing else

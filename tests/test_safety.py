@@ -6,6 +6,7 @@ and PagerDuty (tests/support/recorder.py); moto behind AWS; the time-skipping se
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 
 import pytest
@@ -235,8 +236,16 @@ async def test_alerts_with_huge_labels_never_wedge_a_rollback(ts_env, aws, catal
         with pytest.raises(WorkflowFailureError):
             await h.result()
         assert (await status_of(h)).phase.value == "cancelled"
-    with pytest.raises(ValueError, match="at most 256 characters"):  # the receiver answers 422 naming the label
-        Evidence(source="alertmanager", labels={"blob": "x" * 200_000})
+    # the receiver answers 422 naming the label, and starts nothing
+    from receiver import GenericAlert, Receiver
+    from receiver import Refused as ReceiverRefused
+
+    body = json.dumps({"source": "alertmanager", "status": "firing",
+                       "labels": {"alertname": "HighErrorRate", "service": catalog.api, "blob": "x" * 200_000}})
+    with pytest.raises(ReceiverRefused) as refused:
+        Receiver.parse(body.encode(), GenericAlert, "generic alert")
+    assert refused.value.status == 422 and refused.value.problems == [
+        "labels.blob: String should have at most 256 characters"]
 
 
 # --- pages are pages; tickets are tickets -------------------------------------------------------
