@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install chromium run receiver test clean
+.PHONY: install chromium prometheus run receiver test docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,14 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
 	fi
 
+## Debian's Prometheus for tests/test_prometheus.py (the Prometheus metric provider against a real
+## server), when missing and we can (root with apt-get); elsewhere that test skips, saying why.
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's prometheus for tests/test_prometheus.py"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
+	fi
+
 ## Worker + (without TEMPORAL_ADDRESS) the Temporal dev server + (ROLLBACK_AWS=sandbox) the AWS sandbox.
 run: $(STAMP)
 	$(PY) worker.py
@@ -33,8 +41,12 @@ receiver: $(STAMP)
 	$(PY) receiver.py
 
 ## All tests, offline: starts its own Temporal servers, moto and endpoints (and a headless Chromium).
-test: $(STAMP) chromium
+test: $(STAMP) chromium prometheus
 	$(PY) -m pytest
+
+## docs/catalog.md from the catalog's models (tests/test_catalog_reference.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m common.catalog_docs > docs/catalog.md
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

@@ -379,30 +379,27 @@ async def main() -> int:
     import uvicorn
 
     from common.logging import configure
-    from common.settings import Settings
-    from common.temporal import connect
+    from common.preflight import preflight
+    from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
 
-    settings = Settings()
-    configure(settings.log_format, settings.log_level)
     try:
-        catalog_path = settings.catalog_path
-        read_catalog(catalog_path, strict=True)
-        config = ReceiverConfig(task_queue=settings.task_queue, catalog_path=catalog_path,
-                                token=settings.receiver_token, hmac_secret=settings.receiver_hmac_secret,
-                                max_body=settings.receiver_max_body)
-        if config.token is None and config.hmac_secret is None:
-            raise ValueError(NO_AUTH)
-    except (CatalogError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        settings = Settings()
+        mode = resolve_mode(settings)  # the same catalog as the worker's, in every mode
+    except (ValidationError, ModeError) as e:
+        print(f"the alert receiver cannot start: "
+              f"{describe_settings_error(e) if isinstance(e, ValidationError) else e}", file=sys.stderr)
         return 2
-    try:
-        client = await connect(settings)
-    except RuntimeError as e:
-        reason = str(e).split('message: "', 1)[-1].split('"', 1)[0] if 'message: "' in str(e) else str(e)
-        print(f"error: cannot reach Temporal at {settings.address} (namespace {settings.temporal_namespace}): "
-              f"{reason}. "
-              "Start it with 'make run' or set TEMPORAL_ADDRESS.", file=sys.stderr)
-        return 3
+    configure(settings.log_format, settings.log_level)
+    # Authentication, secrets, catalog (alert rules included), Temporal, namespace, search attributes.
+    report = await preflight(settings, mode, "receiver")
+    if not report.ok:
+        print(report.render("the alert receiver"), file=sys.stderr)
+        return report.exit_code
+    catalog_path, client = mode.catalog, report.client
+    assert client is not None
+    config = ReceiverConfig(task_queue=settings.task_queue, catalog_path=catalog_path,
+                            token=settings.receiver_token, hmac_secret=settings.receiver_hmac_secret,
+                            max_body=settings.receiver_max_body)
     app = create_app(client, config)
     auth = " and ".join(n for n, v in (("bearer token", config.token), ("HMAC signature", config.hmac_secret)) if v)
     log.info("receiver listening", url=f"http://{settings.receiver_host}:{settings.receiver_port}",

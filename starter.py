@@ -8,6 +8,7 @@
     starter.py list [--all]
     starter.py cancel api
     starter.py schedule pause|resume|status [--note ...]   (the auto-rollback schedule)
+    starter.py doctor                                      (the worker's start-up checks, on demand)
 
 A target is a catalog name (``api``) or a workflow id (``rollback-service-api``, or any id
 typed in the Web UI that is not a catalog name). Exit codes:
@@ -43,7 +44,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from common import api
 from common.api import PROCEDURES, RollbackError, Rollbacks, describe_validation, state
 from common.models import FINAL_PHASES, Escalation, Phase, RollbackStatus
-from common.settings import Settings
+from common.preflight import preflight
+from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
 from common.temporal import KIND, PHASE, SEVERITY, TARGET, connect
 
 # soft_wrap: a message stays one line in a pipe or log (rich would break it at 80 columns)
@@ -68,15 +70,12 @@ class CliError(RollbackError):
         super().__init__(message, code)
 
 
-def catalog_path(settings: Settings) -> Path | None:
-    try:
-        return settings.catalog_path
-    except ValueError:
-        return None  # the worker's catalog decides; it answers with the same message
+def catalog_path(settings: Settings) -> Path:
+    return resolve_mode(settings).catalog  # the worker's catalog, in every mode (checked in main())
 
 
 def rollbacks(client: Client, settings: Settings) -> Rollbacks:
-    return Rollbacks(client, settings.task_queue, catalog_path(settings), names=FLAGS)
+    return Rollbacks.from_settings(client, settings, names=FLAGS)
 
 
 def exit_code(s: RollbackStatus) -> int:
@@ -407,7 +406,26 @@ def parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schedule", help="the auto-rollback schedule (every 5 minutes; runbook: Automation)")
     sc.add_argument("action", choices=["pause", "resume", "status"])
     sc.add_argument("--note", help="why (kept on the schedule, shown by status)")
+    sub.add_parser("doctor", help="check the configuration as the worker does at start (Temporal, namespace, "
+                                  "search attributes, catalog, AWS, tools, secrets)")
     return p
+
+
+async def cmd_doctor(settings: Settings, a: argparse.Namespace) -> int:
+    """The worker's preflight, on demand: what passes, and each problem with its fix."""
+    mode = resolve_mode(settings)
+    report = await preflight(settings, mode, "doctor")
+    console.print(f"mode: [bold]{mode.name}[/bold] (catalog {escape(str(mode.catalog))}, task queue "
+                  f"{escape(settings.task_queue)})")
+    for line in report.passed:
+        console.print(f"[green]ok[/green]   {escape(line)}")
+    for p in report.problems:
+        console.print(f"[red]FAIL[/red] {escape(f'[{p.check}] {p.text}')}")
+    if not (settings.receiver_token or settings.receiver_hmac_secret):
+        console.print("note: ROLLBACK_RECEIVER_TOKEN / ROLLBACK_RECEIVER_HMAC_SECRET are not set here; the alert "
+                      "receiver refuses to start without one")
+    console.print("all checks passed" if report.ok else f"{len(report.problems)} problem(s)")
+    return report.exit_code
 
 
 COMMANDS = {"start": cmd_start, "approve": cmd_decide, "reject": cmd_decide, "escalate": cmd_escalate,
@@ -427,9 +445,12 @@ async def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = Settings()
-    except ValidationError as e:
-        err.print(f"[red]error:[/red] bad setting in the environment:\n{escape(str(e))}")
+        resolve_mode(settings)  # the same rule as the worker's: a cluster without ROLLBACK_AWS=real is refused
+    except (ValidationError, ModeError) as e:
+        err.print(f"[red]error:[/red] {escape(describe_settings_error(e) if isinstance(e, ValidationError) else str(e))}")
         return 2
+    if args.command == "doctor":
+        return await cmd_doctor(settings, args)
     try:
         if args.command == "start":  # bad input is reported even when Temporal is down
             args.request = api.build_request(args.kind, start_fields(args), catalog_path(settings), FLAGS)

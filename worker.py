@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.appconfig import AppConfigActivities
 from activities.aws import AwsClients
@@ -41,15 +43,14 @@ from activities.http_checks import check_http
 from activities.incidents import IncidentActivities, IncidentSettings
 from activities.known_good import KnownGoodActivities
 from activities.lambda_fn import LambdaActivities
-from activities.metrics import CloudWatchActivities
+from activities.metrics import CloudWatchActivities, MetricActivities
 from activities.notify import NotifyActivities
 from activities.temporal_locks import LockActivities
 from common import devserver
-from common.catalog import CatalogError, load_catalog
 from common.logging import configure
-from common.settings import Settings
+from common.preflight import preflight
+from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
 from common.api import ensure_auto_rollback_schedule
-from common.temporal import connect, ensure_search_attributes
 from workflows.auto import AutoRollbackCheck
 from workflows.config import ConfigRollback
 from workflows.database import DatabaseRollback
@@ -61,6 +62,11 @@ from workflows.lock import TargetLock
 from workflows.service import ServiceRollback
 
 log = structlog.get_logger("worker")
+
+# workflows/verdicts.py judges with SciPy (Mann-Whitney U): numpy and scipy import parts of
+# themselves lazily, so they pass through the workflow sandbox whole (deterministic computation).
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("numpy", "scipy"))
 
 WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, InfraRollback, AutoRollbackCheck, TargetLock,
              FeatureFlagRollback, ConfigRollback]
@@ -79,9 +85,10 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
         elbv2.get_weights, elbv2.set_weights,
-        cw.read_metric, cw.alarms_firing,
+        cw.read_metric, cw.alarms_firing, MetricActivities(aws).read_samples,
         check_http,
-        NotifyActivities(settings.slack_webhook_url).notify,
+        NotifyActivities(settings.slack_webhook_url, settings.ui_url, settings.dashboard_url,
+                         settings.temporal_namespace).notify,
         *_incident_activities(settings),
         locks.acquire_lock, locks.holder_running, locks.acquire_locks, locks.release_locks,
         *_start_activities(client, task_queue, catalog_path),
@@ -127,6 +134,7 @@ def build_worker(client: Client, settings: Settings, catalog_path: Path, task_qu
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
+        workflow_runner=WORKFLOW_RUNNER,
         activities=activities(client, settings, catalog_path, task_queue),
         activity_executor=ThreadPoolExecutor(max_workers=32),
         # Bad input from the Web UI / CLI fails the workflow at once instead of hanging.
@@ -168,34 +176,63 @@ def banner(settings: Settings, sandbox_info: object | None) -> None:
     console.print("Ctrl-C stops everything this started.")
 
 
-async def main() -> None:
-    settings = Settings()
+def _settings() -> Settings:
+    """The settings, or one paragraph naming the bad variable (never a traceback)."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise StartupError(describe_settings_error(e)) from None
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+async def main() -> int:
+    try:
+        return await serve()
+    except StartupError as e:
+        print(f"the rollback worker cannot start: {e}", file=sys.stderr)
+        return e.code
+
+
+async def serve() -> int:
+    settings = _settings()
     configure(settings.log_format, settings.log_level)
+    try:
+        mode = resolve_mode(settings)  # the same rule as starter.py and receiver.py
+    except ModeError as e:
+        raise StartupError(str(e)) from None
     with ExitStack() as stack:
         sandbox_info = None
-        if settings.aws == "sandbox":
-            from sandbox import Sandbox, aws_env
-
-            sb = Sandbox(port=settings.sandbox_port, http_port=settings.sandbox_http_port,
-                         data_dir=settings.data_dir)
-            sandbox_info = sb.start()
-            stack.callback(sb.stop)
-            os.environ.update(aws_env(sandbox_info.endpoint_url))
-            catalog_path = settings.catalog or Path(sandbox_info.catalog_path)
-        else:
-            catalog_path = settings.catalog_path
         try:
-            load_catalog(catalog_path)  # fail fast, with the file and field named
-        except CatalogError as e:
-            raise SystemExit(str(e)) from None
-        if not settings.temporal_address:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            proc = devserver.start_dev_server(settings.dev_server_port, settings.dev_ui_port,
-                                              settings.data_dir / "temporal.db",
-                                              log_file=settings.data_dir / "temporal.log")
-            stack.callback(devserver.stop, proc)
-        client = await connect(settings, metrics_port=settings.metrics_port or None)
-        await ensure_search_attributes(client, settings.temporal_namespace)
+            if mode.sandbox:
+                from sandbox import Sandbox, aws_env
+
+                sb = Sandbox(port=settings.sandbox_port, http_port=settings.sandbox_http_port,
+                             data_dir=settings.data_dir)
+                sandbox_info = sb.start()
+                stack.callback(sb.stop)
+                os.environ.update(aws_env(sandbox_info.endpoint_url))
+            if mode.dev_server:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                proc = devserver.start_dev_server(settings.dev_server_port, settings.dev_ui_port,
+                                                  settings.data_dir / "temporal.db",
+                                                  log_file=settings.data_dir / "temporal.log")
+                stack.callback(devserver.stop, proc)
+        except (RuntimeError, OSError) as e:  # a port in use, a missing binary
+            raise StartupError(f"could not start the local {'sandbox' if mode.sandbox else 'dev server'}: {e}") from None
+        # Temporal, namespace, search attributes, catalog, AWS, tools, secrets: each failure one paragraph.
+        report = await preflight(settings, mode, "worker", metrics_port=settings.metrics_port or None)
+        if not report.ok:
+            print(report.render("the rollback worker"), file=sys.stderr)
+            return report.exit_code
+        client, catalog_path = report.client, mode.catalog
+        assert client is not None
+        for line in report.passed:
+            log.info(f"preflight: {line}")
         try:  # runbook: Automation. Best effort: rollbacks do not depend on it
             schedule = await ensure_auto_rollback_schedule(client, settings.task_queue)
             log.info(f"auto-rollback schedule {schedule}", schedule="auto-rollback", every_minutes=5)
@@ -203,7 +240,7 @@ async def main() -> None:
             log.error("could not create or update the auto-rollback schedule", error=e.message)
         worker = build_worker(client, settings, catalog_path)
         banner(settings, sandbox_info)
-        log.info("worker started", task_queue=settings.task_queue, catalog=str(catalog_path))
+        log.info("worker started", task_queue=settings.task_queue, catalog=str(catalog_path), mode=mode.name)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -211,7 +248,14 @@ async def main() -> None:
         async with worker:
             await stop.wait()
             log.info("shutting down")
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    code = asyncio.run(main())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything we started is stopped by now (main's ExitStack). Skip interpreter teardown: the
+    # SDK's Rust threads can abort it at random ("PyGILState_Release ... finalizing", exit -6;
+    # temporalio/sdk-python#300), which would hide the exit code a refused start means.
+    os._exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -11,8 +12,11 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
+    CredentialRetrievalError,
     NoCredentialsError,
     NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
 )
 from temporalio.exceptions import ApplicationError
 
@@ -26,11 +30,46 @@ ACCESS_DENIED = {
 }
 
 
+# Configuration problems: nothing a retry can fix. Each message says what to set.
+CONFIG_ERRORS = (NoRegionError, NoCredentialsError, PartialCredentialsError, ProfileNotFound,
+                 CredentialRetrievalError)
+
+
+def config_problem(e: BaseException) -> str:
+    """What is wrong with the worker's AWS configuration, and the fix (no secrets in it)."""
+    chain = ("AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, AWS_PROFILE with the worker's ~/.aws mounted, "
+             "or an instance/task role")
+    if isinstance(e, NoRegionError):
+        if os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
+            return (f"no AWS region: AWS_REGION={os.environ['AWS_REGION']} is set, but boto3 reads "
+                    f"AWS_DEFAULT_REGION; set AWS_DEFAULT_REGION={os.environ['AWS_REGION']}")
+        return "no AWS region: set AWS_DEFAULT_REGION (e.g. us-east-1) in the worker's environment"
+    if isinstance(e, ProfileNotFound):
+        return (f"{e}: AWS_PROFILE names a profile the worker's ~/.aws/config and ~/.aws/credentials do not "
+                "have; mount those files into the worker (docs/production.md) or fix AWS_PROFILE")
+    if isinstance(e, NoCredentialsError):
+        return f"no AWS credentials found; give the worker credentials by the standard chain: {chain}"
+    if isinstance(e, PartialCredentialsError):
+        return f"incomplete AWS credentials ({e}); set both halves, or use {chain}"
+    return f"AWS credentials could not be loaded ({e}); check the worker's credential source: {chain}"
+
+
+def config_error(what: str, e: BaseException) -> ApplicationError:
+    return ApplicationError(f"{what}: {config_problem(e)}. Nothing was changed by this call; fix the worker's "
+                            "configuration, restart it, then start the rollback again.",
+                            type="AwsConfigError", non_retryable=True)
+
+
 class AwsClients:
-    """One boto3 session per worker; clients made once each (boto3 clients are thread-safe)."""
+    """One boto3 session per worker; clients made once each (boto3 clients are thread-safe).
+
+    The session and clients are made on first use, inside the error classification: a missing
+    region or an unknown profile fails the step at once as ``AwsConfigError`` (not retried for
+    10 minutes), with the fix in the message."""
 
     def __init__(self, region: str | None = None) -> None:
-        self._session = boto3.session.Session(region_name=region)
+        self._region = region
+        self._session: boto3.session.Session | None = None
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         # Activities retry with backoff; botocore only smooths over a single blip.
@@ -53,7 +92,12 @@ class AwsClients:
         with self._lock:
             key = f"{service}:{flavour}"
             if key not in self._clients:
-                self._clients[key] = self._session.client(service, config=config)
+                try:
+                    if self._session is None:
+                        self._session = boto3.session.Session(region_name=self._region)
+                    self._clients[key] = self._session.client(service, config=config)
+                except CONFIG_ERRORS as e:
+                    raise config_error(f"{service} client", e) from None
             return self._clients[key]
 
 
@@ -77,9 +121,7 @@ def aws_call(what: str) -> Iterator[None]:
                 type="AccessDenied", non_retryable=True) from None
         raise ApplicationError(f"{what}: {code}: {message}", type="AwsRequestError",
                                non_retryable=True) from None
-    except (NoCredentialsError, NoRegionError) as e:
-        raise ApplicationError(f"{what}: {e}. Configure AWS credentials/region for the worker.",
-                               type="AwsConfigError", non_retryable=True) from None
+    except CONFIG_ERRORS as e:
+        raise config_error(what, e) from None
     except BotoCoreError as e:  # connection errors, timeouts
-
         raise ApplicationError(f"{what}: {e} (transient, retrying)", type="AwsTransient") from None

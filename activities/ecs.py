@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from datetime import datetime
+
+from pydantic import BaseModel, Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -27,6 +29,7 @@ class Deployed(BaseModel):
     running_count: int
     deployments: int
     settled: bool
+    deployed_at: datetime | None = Field(None, description="when the PRIMARY deployment (this version) began")
 
 
 class DeployRequest(BaseModel):
@@ -76,11 +79,13 @@ class EcsActivities:
         in_progress = [d for d in deployments if d.get("rolloutState") == "IN_PROGRESS"]
         settled = (len(deployments) <= 1 and not in_progress
                    and svc.get("runningCount", 0) >= svc.get("desiredCount", 0))
+        primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
         return Deployed(cluster=ref.cluster, service=ref.service,
                         task_definition=_revision(td, ref.container),
                         desired_count=svc.get("desiredCount", 0),
                         running_count=svc.get("runningCount", 0),
-                        deployments=len(deployments), settled=settled)
+                        deployments=len(deployments), settled=settled,
+                        deployed_at=primary.get("createdAt") if primary else None)
 
     @activity.defn
     def list_versions(self, ref: EcsRef) -> list[Revision]:

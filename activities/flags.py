@@ -17,6 +17,8 @@ switches).
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import copy
 import json
 import re
@@ -58,6 +60,7 @@ class FlagSnapshot(BaseModel):
     busy: str | None = Field(None, description="a rollout in progress that blocks a new one")
     flags: list[str] = Field(default_factory=list, description="every flag key the store holds")
     sha256: str = ""
+    deployed_at: datetime | None = Field(None, description="when the deployment serving this revision began")
 
 
 class FlagChange(BaseModel):
@@ -250,7 +253,7 @@ class AppConfigFlagStore:
                   f"AppConfig deploys one at a time: wait for it or stop it (aws appconfig stop-deployment "
                   f"--application-id {r.application_id} --environment-id {r.environment_id} "
                   f"--deployment-number {busy.number})") if busy else None,
-            flags=sorted(doc.get("flags") or {}), sha256=digest(raw.encode()))
+            flags=sorted(doc.get("flags") or {}), sha256=digest(raw.encode()), deployed_at=current.started_at)
 
     def write(self, req: FlagWrite) -> Written:
         """A new hosted version: the base version's text with only the change. Idempotent (by label)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import httpx
 from pydantic import BaseModel, SecretStr
 from temporalio import activity
@@ -14,12 +16,25 @@ class Notification(BaseModel):
 
 
 class NotifyActivities:
-    def __init__(self, slack_webhook_url: SecretStr | None) -> None:
+    def __init__(self, slack_webhook_url: SecretStr | None, web_ui_url: str | None = None,
+                 dashboard_url: str | None = None, namespace: str = "default") -> None:
         self._webhook = slack_webhook_url
+        self._ui, self._dashboard, self._namespace = web_ui_url, dashboard_url, namespace
+
+    def _links(self, note: Notification) -> str:
+        """Where a person follows the rollback: its Web UI page and the dashboard."""
+        links = []
+        if self._ui and note.workflow_id:
+            links.append(f"Web UI: {self._ui.rstrip('/')}/namespaces/{quote(self._namespace)}/workflows/"
+                         f"{quote(note.workflow_id, safe='')}")
+        if self._dashboard:
+            links.append(f"Dashboard: {self._dashboard}")
+        return ("\n" + " | ".join(links)) if links else ""
 
     @activity.defn
     async def notify(self, note: Notification) -> str:
-        """Post to the incidents channel; returns "sent" or "not configured" (logged only)."""
+        """Post to the incidents channel with links; returns "sent" or "not configured" (logged only)."""
+        note = note.model_copy(update={"text": note.text + self._links(note)})
         activity.logger.info("notification: %s", note.text)
         if self._webhook is None:
             return "not configured"

@@ -53,6 +53,7 @@ from common.models import (
     FeatureFlagRollbackInput,
     FrontendRollbackInput, InfraRollbackInput, LambdaRollbackInput, Phase, RollbackStatus, ServiceRollbackInput,
 )
+from common.settings import Settings, resolve_mode
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
 
 # kind -> (workflow type, input model, the input field naming the target)
@@ -248,6 +249,14 @@ class Rollbacks:
                  names: Mapping[str, str] | None = None) -> None:
         self.client, self.task_queue, self.catalog_path = client, task_queue, catalog_path
         self.names = names
+
+    @classmethod
+    def from_settings(cls, client: Client, settings: Settings | None = None, *,
+                      names: Mapping[str, str] | None = None) -> "Rollbacks":
+        """The worker's task queue and catalog, resolved as the worker resolves them (sandbox or
+        production; ``common.settings.resolve_mode``, which raises ModeError on mixed settings)."""
+        settings = settings or Settings()
+        return cls(client, settings.task_queue, resolve_mode(settings).catalog, names=names)
 
     # --- requests and starts ---
 

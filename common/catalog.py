@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from common.policy import Policy, Severity
+from common.catalog_docs import REFERENCE, explain
+from common.policy import AUTO_ROLLBACK_REQUESTER, SEVERITY_SCALE, Policy, Severity
 
 T = TypeVar("T")
 
@@ -23,6 +24,8 @@ class Strict(BaseModel):
 
 
 class EcsRef(Strict):
+    """An ECS service."""
+
     cluster: str
     service: str
     container: str | None = Field(
@@ -44,30 +47,78 @@ class BlueGreen(Strict):
 
 
 class Endpoints(Strict):
+    """URLs checked after a rollback; each must answer 200."""
+
     health: str | None = None
     ready: str | None = None
-    version: str | None = None
+    version: str | None = Field(None, description="answers JSON whose version_field must be the target version")
     version_field: str = "version"
 
 
 class HttpCheck(Strict):
+    """A smoke check: GET url."""
+
     name: str
     url: str
     expect_status: int = 200
-    contains: str | None = None
+    contains: str | None = Field(None, description="text the body must contain")
 
 
 class MetricQuery(Strict):
-    """A CloudWatch metric. ``{version}`` in a dimension value is replaced by the version checked."""
+    """A metric a check reads, from CloudWatch or Prometheus (``provider``), judged against a
+    baseline measured from data (``baseline_from``) by the runbook's thresholds; see docs/verdicts.md.
 
-    name: str
-    kind: Literal["error_rate", "latency_p95", "business"]
-    namespace: str
-    metric: str
-    dimensions: dict[str, str] = Field(default_factory=dict)
-    stat: str = "Average"
-    baseline: float
-    unit: str = ""
+    CloudWatch: ``namespace``, ``metric``, ``dimensions`` and ``stat``, read per ``period_seconds``.
+    Prometheus: ``promql``, evaluated as a range query with step ``period_seconds``. In both,
+    ``{version}`` (a dimension value, or anywhere in the PromQL) is the version measured: the one
+    serving, or the baseline's version.
+    """
+
+    name: str = Field(description="shown in checks, e.g. error_rate")
+    kind: Literal["error_rate", "latency_p95", "business"] = Field(
+        description="how it is judged against baseline (policy.thresholds): error_rate fails above baseline + "
+                    "0.5 percentage points, latency_p95 above baseline + 25 %, business below baseline - 10 %")
+    provider: Literal["cloudwatch", "prometheus"] = Field(
+        "cloudwatch", description="where the samples come from; prometheus needs the catalog's prometheus.url")
+    namespace: str | None = Field(None, description="CloudWatch namespace, e.g. Rastup/API (provider cloudwatch)")
+    metric: str | None = Field(None, description="CloudWatch metric name, e.g. ErrorRate (provider cloudwatch)")
+    dimensions: dict[str, str] = Field(default_factory=dict, description='"{version}" in a value is the version '
+                                                                         "being checked")
+    stat: str = Field("Average", description="CloudWatch statistic per period (Average, Sum, Maximum) or "
+                                             "extended statistic (p95)")
+    promql: str | None = Field(
+        None, description='PromQL with {version}, e.g. histogram_quantile(0.95, sum by (le) '
+                          '(rate(http_request_duration_seconds_bucket{version="{version}"}[1m]))) * 1000')
+    period_seconds: int = Field(60, ge=1, description="one sample per period (seconds): CloudWatch Period, "
+                                                      "Prometheus step")
+    baseline: float | None = Field(
+        None, description="fallback baseline in the metric's own unit (for error_rate a percent: 0.2 means "
+                          "0.2 %), used only when no measured baseline has data; the verdict says so",
+        json_schema_extra={"unit": "the metric's (see unit)"})
+    baseline_from: list[Literal["last_good", "week_ago"]] = Field(
+        default_factory=lambda: ["last_good", "week_ago"], min_length=1,
+        description="where the baseline is measured, tried in order: last_good = the last known-good "
+                    "version in the window before the change began; week_ago = the same metric one week "
+                    "earlier")
+    baseline_minutes: float = Field(60, gt=0, le=24 * 60, description="length of the baseline window (minutes)")
+    optional: bool = Field(False, description="an inconclusive verdict (no data, too few samples, query error) "
+                                              "does not fail validation; it is shown as not checked")
+    unit: str = Field("", description='only displayed after values, e.g. "%", "ms", "/min"; never converted')
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> "MetricQuery":
+        if self.provider == "cloudwatch" and not (self.namespace and self.metric):
+            raise ValueError(f"metric {self.name!r}: provider cloudwatch needs namespace and metric")
+        if self.provider == "prometheus" and not self.promql:
+            raise ValueError(f"metric {self.name!r}: provider prometheus needs promql")
+        return self
+
+
+class Prometheus(Strict):
+    """A Prometheus server (or anything answering its HTTP API: Thanos, Mimir, VictoriaMetrics)."""
+
+    url: str = Field(description="base URL, e.g. http://prometheus:9090")
+    bearer_token_env: str | None = Field(None, description="env var on the worker holding a bearer token")
 
 
 class Stage(Strict):
@@ -224,13 +275,19 @@ class Stack(Strict):
         return [v] if isinstance(v, str) else v
 
 
-class SeverityFromLabel(Strict):
-    """The rollback's severity, from one of the alert's labels."""
+# The procedures an alert rule may start (common/api.py PROCEDURES; a test keeps them equal).
+KINDS = ("service", "database", "frontend", "lambda", "infra", "flag", "config")
 
-    label: str = "severity"
+
+class SeverityFromLabel(Strict):
+    """The rollback's severity, from one of the alert's labels. Mind the runbook's scale: SEV-0 is
+    informational and SEV-4 a complete outage (higher is worse)."""
+
+    label: str = Field("severity", description="the alert label read")
     map: dict[str, Severity] = Field(default_factory=lambda: {
-        "critical": "SEV-3", "page": "SEV-3", "error": "SEV-2", "warning": "SEV-2", "info": "SEV-1"})
-    default: Severity = "SEV-2"
+        "critical": "SEV-3", "page": "SEV-3", "error": "SEV-2", "warning": "SEV-2", "info": "SEV-1"},
+        description="label value -> severity; " + SEVERITY_SCALE)
+    default: Severity = Field("SEV-2", description="when the label is missing or not in map")
 
     def of(self, labels: dict[str, str]) -> str:
         return self.map.get(labels.get(self.label, ""), self.default)
@@ -249,8 +306,12 @@ class AlertRule(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="e.g. high-error-rate")
     match: dict[str, str] = Field(default_factory=dict, description="label -> exact value")
     match_re: dict[str, str] = Field(default_factory=dict, description="label -> regex (must match it all)")
-    kind: str = Field(min_length=1, description="the procedure: service, database, frontend, lambda, flag, ...")
-    input: dict[str, Any] = Field(default_factory=dict)
+    # A plain str with the allowed values checked when the file is loaded (``check_catalog``), not by
+    # the model: catalogs recorded in running workflows' histories must still validate on replay.
+    kind: str = Field(description="the procedure the alert starts", json_schema_extra={"allowed": list(KINDS)})
+    input: dict[str, Any] = Field(default_factory=dict, description="the procedure's input fields (its workflow "
+                                  "input in the README's Contract), as templates; checked against that input "
+                                  "when the catalog is loaded")
     severity: SeverityFromLabel = Field(default_factory=SeverityFromLabel)
     reason: str = "{source} alert {alertname}: {summary}"
 
@@ -299,6 +360,10 @@ class Flag(Strict):
     cities: list[str] = Field(default_factory=list, description="cities with a rollout percentage attribute")
     kill_switch: bool = Field(False, description="enabling it turns something off (e.g. payments_disabled)")
     customer_facing: bool = True
+    services: list[str] = Field(default_factory=list, description="catalog services it affects: their checks "
+                                                                  "run after the rollback, then the monitoring window")
+    metrics: list[MetricQuery] = Field(default_factory=list, description="its own metrics, e.g. the business "
+                                                                         "metric of the feature it gates")
 
 
 class AppConfigTarget(Strict):
@@ -309,6 +374,9 @@ class AppConfigTarget(Strict):
     environment: str = Field(description="environment name or id")
     profile: str = Field(description="configuration profile name or id")
     strategy: str = Field("AppConfig.AllAtOnce", description="deployment strategy name or id")
+    services: list[str] = Field(default_factory=list, description="catalog services it affects: their checks "
+                                                                  "run after the rollback, then the monitoring window")
+    metrics: list[MetricQuery] = Field(default_factory=list, description="its own metrics (checked the same way)")
 
 
 class SecretTarget(Strict):
@@ -318,15 +386,20 @@ class SecretTarget(Strict):
     secret_id: str = Field(description="name or ARN, e.g. rastup/prod/api-key")
     consumers: list[EcsRef] = Field(default_factory=list,
                                     description="ECS services redeployed after the move, so they read it again")
+    services: list[str] = Field(default_factory=list, description="catalog services it affects: their checks "
+                                                                  "run after the rollback, then the monitoring window")
+    metrics: list[MetricQuery] = Field(default_factory=list, description="its own metrics (checked the same way)")
 
 
 ConfigTarget = Annotated[AppConfigTarget | SecretTarget, Field(discriminator="kind")]
 
 
 class People(Strict):
-    approvers: list[str] = Field(default_factory=list)
-    on_call: list[str] = Field(default_factory=list)
-    dbas: list[str] = Field(default_factory=list)
+    """Who may approve, by role (the decision matrix names the roles). A name not listed is refused."""
+
+    approvers: list[str] = Field(default_factory=list, description="approve SEV-0 (two of them) and SEV-1")
+    on_call: list[str] = Field(default_factory=list, description="approve SEV-2..SEV-4; at least one is required")
+    dbas: list[str] = Field(default_factory=list, description="also approve every database snapshot restore")
     security: list[str] = Field(default_factory=list)
 
     def everyone(self) -> set[str]:
@@ -334,17 +407,20 @@ class People(Strict):
 
 
 class Catalog(Strict):
+    """The whole file. Each name under a section is what people and alerts call the target."""
+
     people: People
-    policy: Policy = Field(default_factory=Policy)
-    services: dict[str, Service] = Field(default_factory=dict)
-    databases: dict[str, Database] = Field(default_factory=dict)
-    sites: dict[str, Site] = Field(default_factory=dict)
-    functions: dict[str, LambdaFunction] = Field(default_factory=dict)
+    policy: Policy = Field(default_factory=Policy, description="overrides of the runbook's policy")
+    services: dict[str, Service] = Field(default_factory=dict, description="ECS services (ServiceRollback)")
+    databases: dict[str, Database] = Field(default_factory=dict, description="DatabaseRollback")
+    sites: dict[str, Site] = Field(default_factory=dict, description="S3 + CloudFront frontends (FrontendRollback)")
+    functions: dict[str, LambdaFunction] = Field(default_factory=dict, description="LambdaRollback")
     alert_rules: list[AlertRule] = Field(default_factory=list, description="used by receiver.py, in order")
-    stacks: dict[str, Stack] = Field(default_factory=dict)
-    flag_stores: dict[str, FlagStoreConfig] = Field(default_factory=dict)
-    flags: dict[str, Flag] = Field(default_factory=dict)
-    configs: dict[str, ConfigTarget] = Field(default_factory=dict)
+    stacks: dict[str, Stack] = Field(default_factory=dict, description="Terraform stacks (InfraRollback)")
+    flag_stores: dict[str, FlagStoreConfig] = Field(default_factory=dict, description="where flags live")
+    flags: dict[str, Flag] = Field(default_factory=dict, description="FeatureFlagRollback")
+    configs: dict[str, ConfigTarget] = Field(default_factory=dict, description="ConfigRollback")
+    prometheus: Prometheus | None = Field(None, description="the server metrics with provider prometheus read")
 
     @model_validator(mode="after")
     def _flags_have_stores(self) -> "Catalog":
@@ -363,11 +439,26 @@ class Catalog(Strict):
             raise ValueError(f"alert_rules: each rule needs its own name (given: {', '.join(names)})")
         if not self.people.on_call:
             raise ValueError("people.on_call must list at least one on-call engineer")
+        for section, entries in (("flags", self.flags), ("configs", self.configs)):
+            for name, entry in entries.items():
+                for svc in entry.services:
+                    if svc not in self.services:
+                        raise ValueError(f"{section}.{name}.services: {svc!r} is not under services: "
+                                         f"(known: {', '.join(sorted(self.services)) or 'none'})")
+        if self.prometheus is None:
+            uses = [m.name for m in self._metrics() if m.provider == "prometheus"]
+            if uses:
+                raise ValueError(f"metrics {', '.join(uses)} use provider prometheus: add prometheus: {{url: ...}}")
         for name, db in self.databases.items():
             if db.app_service and db.app_service not in self.services:
                 raise ValueError(f"databases.{name}.app_service {db.app_service!r} is not under services: "
                                  f"(known: {', '.join(sorted(self.services)) or 'none'})")
         return self
+
+    def _metrics(self) -> list[MetricQuery]:
+        entries = [*self.services.values(), *self.sites.values(), *self.functions.values(), *self.flags.values(),
+                   *self.configs.values()]
+        return [m for e in entries for m in e.metrics]
 
     def service(self, name: str) -> Service:
         return _lookup("service", self.services, name)
@@ -412,12 +503,66 @@ class CatalogError(ValueError):
     """The catalog file is missing or invalid. The message is meant for a person."""
 
 
-def _format(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: {err.error_count()} problem(s) in the catalog:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  - {where}: {e['msg']}")
-    return "\n".join(lines)
+def _format(path: Path, problems: list[str]) -> str:
+    lines = [f"{path}: {len(problems)} problem(s) in the catalog (reference: {REFERENCE}):"]
+    return "\n".join(lines + [f"  - {p}" for p in problems])
+
+
+def check_catalog(catalog: Catalog) -> list[str]:
+    """What the models cannot check without breaking replay (see AlertRule.kind) or without the
+    procedures' input models: each alert rule's kind and input, and the automation list.
+    Run on every load of the file, so the worker, the receiver and `starter.py doctor` all refuse it."""
+    from common.api import CATALOG_LOOKUP, PROCEDURES  # common.api imports this module
+
+    problems = []
+    for i, rule in enumerate(catalog.alert_rules):
+        where = f"alert_rules.{i}"
+        if rule.kind not in PROCEDURES:
+            problems.append(f"{where}.kind: {rule.kind!r} is not a procedure; use one of: {', '.join(PROCEDURES)} "
+                            f"[{REFERENCE}#alertrule]")
+            continue
+        problems += [f"{where}.input{p} [{REFERENCE}#alertrule]" for p in _rule_input_problems(rule, catalog, *PROCEDURES[rule.kind][1:],
+                                                                         CATALOG_LOOKUP[rule.kind])]
+    rules = {r.name for r in catalog.alert_rules}
+    for entry in catalog.policy.automation_may_proceed:
+        source, sep, rule_name = entry.partition(":")
+        if entry != AUTO_ROLLBACK_REQUESTER and not (sep and source and rule_name in rules):
+            problems.append(
+                f"policy.automation_may_proceed: {entry!r} is neither '{AUTO_ROLLBACK_REQUESTER}' (the auto-rollback "
+                "schedule) nor '<source>:<name of a rule under alert_rules>' (rules: "
+                f"{', '.join(sorted(rules)) or 'none'}), e.g. 'alertmanager:high-error-rate' [{REFERENCE}#policy]")
+    return problems
+
+
+def _rule_input_problems(rule: AlertRule, catalog: Catalog, model: type[BaseModel], target_field: str,
+                         lookup: str) -> list[str]:
+    """The rule's input checked against the procedure's input model. A templated value ("{labels.x}")
+    is only known when an alert arrives, so it stands in as text and its own errors are not reported."""
+    templated = {k for k, v in rule.input.items() if isinstance(v, str) and "{" in v}
+    sample = {**{k: ("x" if k in templated else v) for k, v in rule.input.items()},
+              "severity": "SEV-2", "requested_by": f"alertmanager:{rule.name}", "reason": "alert"}
+    problems = []
+    try:
+        model.model_validate(sample)
+    except ValidationError as e:
+        allowed = ", ".join(f for f in model.model_fields if f not in ("severity", "requested_by", "reason"))
+        for x in e.errors():
+            key = str(x["loc"][0]) if x["loc"] else ""
+            if key in templated:
+                continue
+            msg = x["msg"].removeprefix("Value error, ")
+            if x["type"] == "extra_forbidden":
+                msg = f"not an input of {rule.kind} rollbacks; its inputs are: {allowed}"
+            elif x["type"] == "missing":
+                msg = f"required by {rule.kind} rollbacks: add it (a value or a template such as {{labels.{key}}})"
+            problems.append(f".{key}: {msg}" if key else f": {msg}")
+    target = rule.input.get(target_field)
+    if isinstance(target, str) and target_field not in templated:
+        try:
+            getattr(catalog, lookup)(target)
+        except UnknownTarget as e:
+            problems.append(f".{target_field}: {e}")
+    return problems
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -431,6 +576,10 @@ def load_catalog(path: str | Path) -> Catalog:
     except yaml.YAMLError as e:
         raise CatalogError(f"{path}: not valid YAML: {e}") from None
     try:
-        return Catalog.model_validate(raw or {})
+        catalog = Catalog.model_validate(raw or {})
     except ValidationError as e:
-        raise CatalogError(_format(path, e)) from None
+        raise CatalogError(_format(path, [explain(Catalog, x) for x in e.errors()])) from None
+    problems = check_catalog(catalog)
+    if problems:
+        raise CatalogError(_format(path, problems))
+    return catalog

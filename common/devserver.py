@@ -48,8 +48,8 @@ def start_dev_server(port: int, ui_port: int, db_file: Path | None, log_file: Pa
                      headless: bool = False) -> subprocess.Popen:
     """Start the dev server with our search attributes registered; returns once it accepts calls."""
     if port_in_use("127.0.0.1", port):
-        raise RuntimeError(f"127.0.0.1:{port} is already in use: is another Temporal server running? "
-                           "Stop it, or set TEMPORAL_ADDRESS=127.0.0.1:{port} to use it")
+        raise RuntimeError(f"127.0.0.1:{port} is already in use: is another Temporal server running (one left "
+                           "by a worker that crashed)? Stop it, or set ROLLBACK_DEV_SERVER_PORT to a free port")
     cmd = [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
            "--ui-port", str(ui_port), "--ui-disable-news-fetch", "--log-level", "error"]
     if headless:

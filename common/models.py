@@ -209,8 +209,6 @@ class FeatureFlagRollbackInput(RollbackRequest):
 
     @model_validator(mode="after")
     def _action_fields(self) -> "FeatureFlagRollbackInput":
-        if self.monitor_minutes is not None:
-            raise ValueError("monitor_minutes: a flag rollback ends when the flag state is verified; leave it out")
         if self.action == "kill_switch":
             if self.cities is not None or self.all_cities or self.percentage is not None:
                 raise ValueError("kill_switch turns the flag on everywhere: leave out cities, all_cities and percentage")
@@ -242,11 +240,6 @@ class ConfigRollbackInput(RollbackRequest):
     def _version_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # 1 from JSON means "1"
 
-    @model_validator(mode="after")
-    def _no_window(self) -> "ConfigRollbackInput":
-        if self.monitor_minutes is not None:
-            raise ValueError("monitor_minutes: a configuration rollback ends when it is verified; leave it out")
-        return self
 
 
 # --- decisions (signal and update payloads: one JSON object each, for the Web UI) ---
@@ -363,9 +356,14 @@ class Approvals(BaseModel):
     context: str = Field("", description="what the approvers are asked to approve")
 
 
+Verdict = Literal["passed", "failed", "inconclusive"]
+
+
 class CheckResult(BaseModel):
+    """One check's verdict. ``ok`` is kept for older readers: True passed, False failed, None inconclusive."""
+
     name: str
-    ok: bool | None  # None: could not be checked (no data)
+    ok: bool | None  # None: inconclusive (no data, too few samples, query error): never a pass
     kind: str = Field("", description="what it checks: health, ready, version, smoke, error_rate, latency_p95, "
                                       "business, alarms, integrity, database, http")
     value: float | str | None = None
@@ -373,6 +371,23 @@ class CheckResult(BaseModel):
     limit: float | None = None
     detail: str = ""
     at: datetime | None = None
+    verdict: Verdict | None = Field(None, description="passed, failed or inconclusive (set from ok if absent)")
+    optional: bool = Field(False, description="an inconclusive verdict of it does not block a step")
+    version: str | None = Field(None, description="the version measured (the serving one)")
+    samples: int | None = Field(None, description="samples in the measured window")
+    window: str | None = Field(None, description="the measured window, e.g. 14:00-14:05 UTC")
+    baseline_source: str | None = Field(None, description="e.g. v1.2.2 over 13:00-14:00 before the v1.2.3 "
+                                                          "deploy, 60 samples; or the catalog's constant")
+    rule: str | None = Field(None, description="the rule applied, e.g. at most 0.5 points above baseline")
+    p_value: float | None = Field(None, description="Mann-Whitney U, one-sided, where applied")
+    effect_size: float | None = Field(None, description="P(a serving sample is worse than a baseline sample)")
+    readings: int | None = Field(None, description="consecutive readings that made this verdict")
+
+    @model_validator(mode="after")
+    def _verdict(self) -> "CheckResult":
+        if self.verdict is None:
+            self.verdict = "passed" if self.ok else "inconclusive" if self.ok is None else "failed"
+        return self
 
 
 class ChecklistItem(BaseModel):
@@ -413,6 +428,9 @@ class RollbackStatus(BaseModel):
     steps: list[Step] = Field(default_factory=list)
     checks: list[CheckResult] = Field(default_factory=list)
     regressions: list[CheckResult] = Field(default_factory=list)
+    readings: list[CheckResult] = Field(default_factory=list, description="every metric reading, newest last "
+                                                                          "(the last 200; readings_dropped counts older)")
+    readings_dropped: int = 0
     plan: list[str] = Field(default_factory=list)
     evidence: list[Evidence] = Field(default_factory=list, description="alerts that asked for this rollback "
                                                                         "(the first ones; evidence_received counts all)")

@@ -13,6 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Severity = Literal["SEV-0", "SEV-1", "SEV-2", "SEV-3", "SEV-4"]
 SEVERITIES: tuple[str, ...] = ("SEV-0", "SEV-1", "SEV-2", "SEV-3", "SEV-4")
+# The runbook's scale runs UP with impact (not down, as at many companies): said wherever a severity
+# is configured, because reading it backwards changes who must approve.
+SEVERITY_SCALE = ("runbook scale, higher is worse: SEV-0 informational, no impact (2 approvers); SEV-1 minor "
+                  "degradation, < 5 % of users (1 approver); SEV-2 significant degradation, 5-25 % (the on-call "
+                  "engineer); SEV-3 major outage, > 25 % (on-call); SEV-4 complete outage or security breach "
+                  "(on-call, immediate)")
+# What the auto-rollback schedule (workflows/auto.py) puts in requested_by.
+AUTO_ROLLBACK_REQUESTER = "auto-rollback:error-rate"
 
 # Roles are the list names under ``people:`` in the catalog.
 Role = Literal["approvers", "on_call", "dbas", "security"]
@@ -25,6 +33,8 @@ ROLE_LABEL = {
 
 
 class SeverityRule(BaseModel):
+    """One row of the Rollback Decision Matrix."""
+
     model_config = ConfigDict(extra="forbid")
 
     trigger: str
@@ -53,6 +63,8 @@ DEFAULT_MATRIX: dict[str, SeverityRule] = {
 
 
 class Thresholds(BaseModel):
+    """When a metric check fails (runbook: Common Rollback Scenarios), against each metric's baseline."""
+
     model_config = ConfigDict(extra="forbid")
 
     # Scenario 1: "Error rate > 0.5% above baseline" (percentage points).
@@ -64,18 +76,28 @@ class Thresholds(BaseModel):
 
 
 class Policy(BaseModel):
+    """The runbook's policy; every key is optional and overrides the runbook's value shown."""
+
     model_config = ConfigDict(extra="forbid")
 
-    matrix: dict[Severity, SeverityRule] = Field(default_factory=lambda: dict(DEFAULT_MATRIX))
+    matrix: dict[Severity, SeverityRule] = Field(
+        default_factory=lambda: dict(DEFAULT_MATRIX),
+        description="the Rollback Decision Matrix per severity; " + SEVERITY_SCALE)
     thresholds: Thresholds = Field(default_factory=Thresholds)
     approval_timeout_minutes: float = Field(240, gt=0)
     # Runbook "Automation": the auto-rollback job rolls back on a high error rate without waiting.
     # Requesters listed here skip the severity's approval (extra requirements, e.g. a DBA, still apply).
+    # Empty unless the catalog lists them: copying an alert rule must never make it automation.
     automation_may_proceed: list[str] = Field(
-        default_factory=lambda: ["auto-rollback:error-rate", "alertmanager:high-error-rate"])
+        default_factory=list,
+        description="requesters whose rollbacks proceed without waiting for the severity's approvals (extra "
+                    "requirements such as a DBA still apply): '<source>:<alert rule name>' (e.g. "
+                    f"alertmanager:high-error-rate) or '{AUTO_ROLLBACK_REQUESTER}' (the auto-rollback schedule). "
+                    "Default: none, so every rollback waits for people unless listed here")
     # Runbook "Automation": every 5 minutes, roll back a service marked auto_rollback when its
     # 5-minute error rate (percent, the deployed version's) exceeds this. Started at this severity.
-    auto_rollback_error_rate: float = Field(0.5, gt=0, description="runbook: ERROR_RATE > 0.5")
+    auto_rollback_error_rate: float = Field(0.5, gt=0, description="runbook: ERROR_RATE > 0.5",
+                                            json_schema_extra={"unit": "percent"})
     auto_rollback_severity: Severity = "SEV-2"
     # Never a cascade: after an automatic rollback of a target, automation (alerts, the check) may
     # not start another of it for this long; only a person can (common/api.py start_or_join).
@@ -87,6 +109,16 @@ class Policy(BaseModel):
     monitor_minutes: float = Field(30, gt=0, description="runbook: 'Monitor for 30 minutes'")
     monitor_interval_minutes: float = Field(5, gt=0)
     metric_window_minutes: float = Field(5, gt=0, description="runbook: --window=5m")
+    # Verdicts (workflows/verdicts.py, docs/verdicts.md). A metric check fails only after
+    # failure_limit consecutive failing readings, reading_interval_minutes apart (Argo Rollouts'
+    # failureLimit); fewer than min_samples samples in a window is inconclusive, never a pass.
+    failure_limit: int = Field(2, ge=1, le=10, description="consecutive failing readings before a check fails")
+    reading_interval_minutes: float = Field(1, gt=0, description="between consecutive readings of a failing check")
+    min_samples: int = Field(3, ge=1, description="samples a window needs to be judged at all")
+    # Mann-Whitney U (Kayenta's judge) on top of the thresholds, where both windows have this many samples:
+    # a reading beyond the threshold fails only if the difference is significant at this confidence.
+    mann_whitney_min_samples: int = Field(5, ge=3, description="samples each side needs for the test")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the Mann-Whitney U test (one-sided)")
     validation_attempts: int = Field(3, ge=1, description="tries before validation fails")
     validation_retry_seconds: float = Field(20, ge=0)
     db_restore_timeout_minutes: float = Field(60, gt=0, description="runbook: 10-15 minutes")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.client import Client, TLSConfig
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
-from common import SEARCH_ATTRIBUTES
 from common.settings import Settings
 
 KIND = SearchAttributeKey.for_keyword("RollbackKind")
@@ -18,15 +15,27 @@ SEVERITY = SearchAttributeKey.for_keyword("RollbackSeverity")
 PHASE = SearchAttributeKey.for_keyword("RollbackPhase")
 
 
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """TLS from the settings: mTLS with cert + key, a private CA and the server's name, or plain TLS
+    (implied by an API key). Unreadable files raise OSError naming the file."""
+    s = settings
+    if not (s.temporal_tls or s.temporal_api_key or s.temporal_tls_cert or s.temporal_tls_key
+            or s.temporal_tls_ca or s.temporal_tls_server_name):
+        return False
+    if bool(s.temporal_tls_cert) != bool(s.temporal_tls_key):
+        raise ValueError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together (mTLS): set both, or neither")
+    if not (s.temporal_tls_cert or s.temporal_tls_ca or s.temporal_tls_server_name):
+        return True  # the system's CAs, the address's host name
+    return TLSConfig(
+        client_cert=s.temporal_tls_cert.read_bytes() if s.temporal_tls_cert else None,
+        client_private_key=s.temporal_tls_key.read_bytes() if s.temporal_tls_key else None,
+        server_root_ca_cert=s.temporal_tls_ca.read_bytes() if s.temporal_tls_ca else None,
+        domain=s.temporal_tls_server_name,
+    )
+
+
 async def connect(settings: Settings, *, metrics_port: int | None = None) -> Client:
-    tls: TLSConfig | bool = False
-    if settings.temporal_tls_cert and settings.temporal_tls_key:
-        tls = TLSConfig(
-            client_cert=settings.temporal_tls_cert.read_bytes(),
-            client_private_key=settings.temporal_tls_key.read_bytes(),
-        )
-    elif settings.temporal_tls or settings.temporal_api_key:
-        tls = True
+    tls = tls_config(settings)
     runtime = None
     if metrics_port:
         runtime = Runtime(
@@ -40,18 +49,3 @@ async def connect(settings: Settings, *, metrics_port: int | None = None) -> Cli
         data_converter=pydantic_data_converter,
         runtime=runtime,
     )
-
-
-async def ensure_search_attributes(client: Client, namespace: str) -> None:
-    """Register our Keyword search attributes if the server does not know them yet."""
-    have = await client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=namespace)
-    )
-    missing = [n for n in SEARCH_ATTRIBUTES if n not in have.custom_attributes]
-    if missing:
-        await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(
-                namespace=namespace,
-                search_attributes={n: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for n in missing},
-            )
-        )

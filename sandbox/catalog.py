@@ -26,7 +26,8 @@ from sandbox.frontend_fleet import SITE_BUCKET, VERSIONS_BUCKET
 from sandbox.lambda_fleet import FUNCTION, catalog_entry as lambda_catalog_entry
 from sandbox.fleet import (BLUE_SERVICE, CLUSTER, CONTAINER, DB_INSTANCE, DB_SECRET, GREEN_SERVICE,
                            SERVICE, Fleet)
-from sandbox.metrics import BASELINE_ERROR_RATE, BASELINE_LATENCY, NAMESPACE
+from sandbox.metrics import BASELINE_ERROR_RATE, BASELINE_LATENCY, BOOKINGS, BUSINESS_NAMESPACE, NAMESPACE
+from common.policy import AUTO_ROLLBACK_REQUESTER
 
 DEFAULT_HTTP_BASE = "http://127.0.0.1:8080"
 STATIC_CATALOG = Path(__file__).with_name("catalog.yaml")
@@ -65,11 +66,15 @@ def _service(base: str, ecs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Scenario 1's alert proceeds without waiting in the sandbox, because its policy lists it (explicitly).
+HIGH_ERROR_RATE_AUTOMATION = "alertmanager:high-error-rate"
+
+
 def alert_rules() -> list[dict[str, Any]]:
     """The runbook's Common Rollback Scenarios as receiver.py's alert rules (first match wins)."""
     return [
         # Scenario 1, High Error Rate: application service rollback. requested_by
-        # "alertmanager:high-error-rate" is in the policy's automation_may_proceed: no waiting.
+        # "alertmanager:high-error-rate", which the sandbox's policy lists in automation_may_proceed: no waiting.
         {"name": "high-error-rate", "match": {"alertname": "HighErrorRate"}, "kind": "service",
          "input": {"service": "{labels.service}"}},
         # Scenario 2, Performance Degradation: service rollback, after a human approves.
@@ -104,6 +109,9 @@ def catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
     return {
         "people": {"approvers": ["alice", "bob", "carol"], "on_call": ["dana"],
                    "dbas": ["erin"], "security": ["frank"]},
+        # Explicit, as every catalog must be: the runbook's Automation (the auto-rollback schedule,
+        # for the services marked auto_rollback) proceeds without waiting for people.
+        "policy": {"automation_may_proceed": [AUTO_ROLLBACK_REQUESTER]},
         "services": services,
         "sites": {"web": site},
         **config_catalog_entries(),  # flag_stores, flags, configs (names only: no random ids)
@@ -137,11 +145,22 @@ def databases_dict(http_base: str) -> dict[str, Any]:
     }
 
 
+def bookings_metric() -> dict[str, Any]:
+    """Runbook Scenario 4's business metric: bookings per minute, against the same hour last week."""
+    return {"name": "bookings_per_minute", "kind": "business", "namespace": BUSINESS_NAMESPACE,
+            "metric": "BookingsPerMinute", "dimensions": {"Service": "api"}, "stat": "Average",
+            "baseline_from": ["week_ago"], "baseline": BOOKINGS, "unit": "/min"}
+
+
 def full_catalog_dict(http_base: str, fleet: Fleet | None) -> dict[str, Any]:
-    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``, the Lambda function and
-    the alert rules."""
-    return {**catalog_dict(http_base, fleet), "databases": databases_dict(http_base),
+    """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``, the Lambda function, the
+    alert rules, and the new booking flow's flag linked to its business metric (checked after a
+    flag rollback: did bookings come back?)."""
+    data = {**catalog_dict(http_base, fleet), "databases": databases_dict(http_base),
             "functions": {FUNCTION: lambda_catalog_entry()}, "alert_rules": alert_rules()}
+    data["flags"]["new_feature_enabled"]["metrics"] = [bookings_metric()]
+    data["policy"]["automation_may_proceed"].append(HIGH_ERROR_RATE_AUTOMATION)
+    return data
 
 
 def render(http_base: str, fleet: Fleet | None) -> str:

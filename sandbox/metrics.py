@@ -1,22 +1,34 @@
-"""Fake traffic metrics: CloudWatch datapoints for every version of the api-service family.
+"""Fake traffic metrics: CloudWatch datapoints for every version of the api-service family,
+and the business metric of runbook Scenario 4.
 
 The bad release (v1.2.3) is elevated, every other version sits at the baseline, with
 dimensions ``Service=api, Version=<tag>``. The catalog asks for ``Version="{version}"``, so a
 check before the rollback (on v1.2.3) sees the incident and one after it (on v1.2.2) sees
 the baseline, whatever the ECS service runs at the moment.
 
+History, so measured baselines have data from the start (``backfill``): one datapoint a minute
+for the last ``HISTORY_MINUTES`` for the good and the bad release, and bookings per minute for
+the same hour, and the same hour one week earlier, at the healthy level.
+
+Bookings per minute (``Rastup/Business`` ``BookingsPerMinute``, ``Service=api``): healthy at
+``BOOKINGS``, lower by a third while the feature flag ``new_feature_enabled`` is served on
+(the sandbox's Scenario 4: the new booking flow loses bookings). Read from what AppConfig serves.
+
 Latency is put as plain values and read back as an Average: moto cannot compute
-percentiles, so the catalog's ``latency_p95`` uses ``stat: Average`` in the sandbox.
+percentiles; where Prometheus runs (sandbox/prometheus.py), the catalog's ``latency_p95`` is a
+real p95 of the histograms the endpoints serve instead.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sandbox.fleet import BAD_VERSION, REGION, client, family_versions
+from sandbox.appconfig_fleet import APPLICATION, ENVIRONMENT, FLAGS_PROFILE
+from sandbox.fleet import BAD_VERSION, GOOD_VERSION, REGION, client, family_versions
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +37,10 @@ BASELINE_ERROR_RATE = 0.2  # percent
 BASELINE_LATENCY = 180.0  # milliseconds
 BAD_ERROR_RATE = 2.4
 BAD_LATENCY = 420.0
+BUSINESS_NAMESPACE = "Rastup/Business"
+BOOKINGS = 100.0  # per minute, healthy
+BOOKINGS_WITH_NEW_FEATURE = 66.0  # while new_feature_enabled is served on: a third fewer (Scenario 4)
+HISTORY_MINUTES = 70
 _CHUNK = 20  # CloudWatch's historical per-call limit; safe everywhere
 
 
@@ -39,18 +55,48 @@ def _datums(version: str, now: datetime) -> list[dict[str, Any]]:
     ]
 
 
-def _emit(ecs: Any, cloudwatch: Any, known: dict[str, str] | None = None) -> list[str]:
+def _bookings(value: float, at: datetime) -> dict[str, Any]:
+    return {"MetricName": "BookingsPerMinute", "Dimensions": [{"Name": "Service", "Value": "api"}],
+            "Timestamp": at, "Unit": "Count", "Value": value}
+
+
+def _put(cloudwatch: Any, namespace: str, data: list[dict[str, Any]]) -> None:
+    for i in range(0, len(data), _CHUNK):
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=data[i:i + _CHUNK])
+
+
+def new_feature_on(appconfigdata: Any) -> bool:
+    """Whether clients are served new_feature_enabled on (AppConfig's data plane)."""
+    token = appconfigdata.start_configuration_session(
+        ApplicationIdentifier=APPLICATION, EnvironmentIdentifier=ENVIRONMENT,
+        ConfigurationProfileIdentifier=FLAGS_PROFILE)["InitialConfigurationToken"]
+    flags = json.loads(appconfigdata.get_latest_configuration(ConfigurationToken=token)["Configuration"].read())
+    return bool((flags.get("new_feature_enabled") or {}).get("enabled"))
+
+
+def _emit(ecs: Any, cloudwatch: Any, appconfigdata: Any, known: dict[str, str] | None = None) -> list[str]:
     versions = family_versions(ecs, known=known)
     now = datetime.now(timezone.utc)
-    data = [d for v in versions for d in _datums(v, now)]
-    for i in range(0, len(data), _CHUNK):
-        cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=data[i:i + _CHUNK])
+    _put(cloudwatch, NAMESPACE, [d for v in versions for d in _datums(v, now)])
+    bookings = BOOKINGS_WITH_NEW_FEATURE if new_feature_on(appconfigdata) else BOOKINGS
+    _put(cloudwatch, BUSINESS_NAMESPACE, [_bookings(bookings, now)])
     return versions
+
+
+def backfill(cloudwatch: Any, now: datetime | None = None) -> None:
+    """The last HISTORY_MINUTES, a datapoint a minute, of the good and the bad release and of
+    healthy bookings, and healthy bookings for the same hour one week earlier."""
+    now = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
+    minutes = [now - timedelta(minutes=m) for m in range(HISTORY_MINUTES, 0, -1)]
+    _put(cloudwatch, NAMESPACE, [d for at in minutes for v in (GOOD_VERSION, BAD_VERSION) for d in _datums(v, at)])
+    week_ago = [at - timedelta(days=7) for at in minutes] + [now - timedelta(days=7, minutes=-m) for m in range(10)]
+    _put(cloudwatch, BUSINESS_NAMESPACE, [_bookings(BOOKINGS, at) for at in minutes + week_ago])
 
 
 def emit_once(endpoint_url: str, region: str = REGION) -> list[str]:
     """Put one datapoint per metric and version now; returns the versions covered."""
-    return _emit(client("ecs", endpoint_url, region), client("cloudwatch", endpoint_url, region))
+    return _emit(client("ecs", endpoint_url, region), client("cloudwatch", endpoint_url, region),
+                 client("appconfigdata", endpoint_url, region))
 
 
 class MetricsEmitter:
@@ -59,14 +105,16 @@ class MetricsEmitter:
     def __init__(self, endpoint_url: str, interval: float = 10, region: str = REGION) -> None:
         self._ecs = client("ecs", endpoint_url, region)
         self._cloudwatch = client("cloudwatch", endpoint_url, region)
+        self._appconfigdata = client("appconfigdata", endpoint_url, region)
         self._interval = interval
         self._known: dict[str, str] = {}  # task-definition ARN -> version (see family_versions)
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sandbox-metrics", daemon=True)
 
     def start(self) -> None:
-        # Synchronously first, so datapoints exist as soon as start() returns.
-        _emit(self._ecs, self._cloudwatch, self._known)
+        # Synchronously first, so datapoints (and their history) exist as soon as start() returns.
+        backfill(self._cloudwatch)
+        _emit(self._ecs, self._cloudwatch, self._appconfigdata, self._known)
         self._thread.start()
 
     def stop(self) -> None:
@@ -77,7 +125,7 @@ class MetricsEmitter:
     def _run(self) -> None:
         while not self._stopped.wait(self._interval):
             try:
-                _emit(self._ecs, self._cloudwatch, self._known)
+                _emit(self._ecs, self._cloudwatch, self._appconfigdata, self._known)
             except Exception:  # a reset or a stopping moto must not kill the emitter
                 log.warning("sandbox: emitting metrics failed; retrying in %ss",
                             self._interval, exc_info=True)

@@ -9,6 +9,7 @@ from types import TracebackType
 from pydantic import BaseModel
 from moto.server import ThreadedMotoServer
 
+from common.settings import SANDBOX_CATALOG_NAME
 from sandbox.catalog import write_catalog
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import REGION, Fleet, seed
@@ -17,7 +18,7 @@ from sandbox.moto_server import reset, start_moto
 
 log = logging.getLogger(__name__)
 
-CATALOG_NAME = "sandbox-catalog.yaml"
+CATALOG_NAME = SANDBOX_CATALOG_NAME  # where every entry point looks for it (common.settings.resolve_mode)
 
 
 def aws_env(endpoint_url: str, region: str = REGION) -> dict[str, str]:

@@ -37,7 +37,8 @@ from sandbox import aws_env
 from sandbox.catalog import catalog_dict
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import Fleet, seed
-from sandbox.metrics import emit_once
+from sandbox.fleet import client as aws_client
+from sandbox.metrics import backfill, emit_once
 from sandbox.moto_server import reset
 from tests.support.moto_faults import FaultyMoto
 
@@ -82,6 +83,7 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
     """A freshly seeded fleet (api-service on v1.2.3, blue/green pair blue-live) with metrics."""
     reset(aws_server.endpoint_url)
     aws_server.fleet = seed(aws_server.endpoint_url)
+    backfill(aws_client("cloudwatch", aws_server.endpoint_url))
     emit_once(aws_server.endpoint_url)
     endpoints = EndpointServer(aws_server.endpoint_url, aws_server.fleet, port=0)
     endpoints.start()
@@ -115,7 +117,7 @@ def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> RunCa
     suffix = uuid.uuid4().hex[:6]
     for section in ("services", "sites", "functions", "stacks", "flags", "configs"):
         data[section] = {f"{k}-{suffix}": v for k, v in data.get(section, {}).items()}
-    data["policy"] = policy or {}
+    data["policy"] = {**data.get("policy", {}), **(policy or {})}  # the sandbox's explicit automation list stays
     Catalog.model_validate(data)
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import time
 import uuid
 
@@ -52,3 +54,14 @@ def failure_text(excinfo) -> str:
         parts.append(str(e))
         e = getattr(e, "cause", None) or e.__cause__
     return " | ".join(parts)
+
+
+def stop_gently(proc: subprocess.Popen) -> None:
+    """Ctrl-C a process we started (so it stops what it started), then SIGKILL if it does not exit."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

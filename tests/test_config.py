@@ -49,7 +49,8 @@ async def test_appconfig_rollback_deploys_exactly_the_previous_version(ts_env, a
     assert result.phase.value == "succeeded", result.message
     assert steps(result) == {"Identify previous version": "succeeded", "Approval": "succeeded",
                              "Deploy previous configuration version": "succeeded",
-                             "Verify deployed configuration": "succeeded", "Report": "succeeded"}
+                             "Verify deployed configuration": "succeeded", "Validate rollback": "skipped",
+                             "Monitor post-rollback": "skipped", "Report": "succeeded"}
     assert (result.from_version, result.to_version) == ("2", "1")
     deployed = state.deployments(SETTINGS_PROFILE)
     assert [(d["ConfigurationVersion"], d["State"]) for d in deployed] == [("1", "COMPLETE"), ("2", "COMPLETE"),
@@ -88,7 +89,8 @@ async def test_secret_stage_move_is_verified_and_the_value_never_shows(ts_env, a
     assert result.phase.value == "succeeded", result.message
     assert steps(result) == {"Identify previous version": "succeeded", "Approval": "succeeded",
                              "Move AWSCURRENT to previous version": "succeeded", "Verify secret stages": "succeeded",
-                             "Redeploy consumers": "succeeded", "Report": "succeeded"}
+                             "Redeploy consumers": "succeeded", "Validate rollback": "skipped",
+                             "Monitor post-rollback": "skipped", "Report": "succeeded"}
     assert (result.from_version, result.to_version) == (new, old)
     after = stages(aws)
     assert holder(after, "AWSCURRENT") == old and holder(after, "AWSPREVIOUS") == new

@@ -14,7 +14,7 @@ PEOPLE = People(approvers=["alice", "bob", "carol"], on_call=["dana"], dbas=["er
 
 
 def gate(severity: str, requester: str = "zoe", **kw) -> ApprovalGate:
-    g = ApprovalGate(policy=Policy(), people=PEOPLE, requester=requester, severity=severity, **kw)
+    g = ApprovalGate(policy=kw.pop("policy", Policy()), people=PEOPLE, requester=requester, severity=severity, **kw)
     g.open = True
     return g
 
@@ -82,10 +82,19 @@ def test_default_policy_is_the_runbook_matrix(sev, n):
 
 
 def test_automation_listed_in_the_policy_proceeds_but_extra_requirements_stay():
-    g = gate("SEV-3", requester="auto-rollback:error-rate")
+    listed = Policy(automation_may_proceed=["auto-rollback:error-rate"])
+    g = gate("SEV-3", requester="auto-rollback:error-rate", policy=listed)
     assert g.approve_at_start(NOW) and g.view.satisfied
-    g = gate("SEV-3", requester="alertmanager:some-other-rule")
+    g = gate("SEV-3", requester="alertmanager:some-other-rule", policy=listed)
     assert not g.approve_at_start(NOW) and not g.view.satisfied
-    g = gate("SEV-3", requester="auto-rollback:error-rate", extra=[ExtraRequirement(role="dbas")])
+    g = gate("SEV-3", requester="auto-rollback:error-rate", extra=[ExtraRequirement(role="dbas")], policy=listed)
     g.approve_at_start(NOW)
     assert not g.view.satisfied and g.view.eligible == ["erin"]
+
+
+@pytest.mark.parametrize("requester", ["alertmanager:high-error-rate", "auto-rollback:error-rate"])
+def test_nothing_is_automation_unless_the_catalog_lists_it(requester):
+    """Copying the README's example rule high-error-rate must not make it a rollback without approval."""
+    assert Policy().automation_may_proceed == []
+    g = gate("SEV-3", requester=requester)
+    assert not g.approve_at_start(NOW) and not g.view.satisfied

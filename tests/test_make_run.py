@@ -30,6 +30,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from common import SEARCH_ATTRIBUTES
 from common.devserver import port_in_use
 from common.temporal import PHASE, TARGET
+from tests.helpers import stop_gently
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_ID = "rollback-service-api"
@@ -126,13 +127,7 @@ def start_worker(run: Run) -> Iterator[Callable[[], subprocess.Popen]]:
         yield start
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+            stop_gently(proc)
         for pid in _dev_servers_of(run.data_dir):
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -130,3 +130,16 @@ async def test_the_follow_up_is_a_pagerduty_change_event_never_a_page(ts_env, aw
     assert event["payload"]["custom_details"]["workflow_id"] == result.workflow_id
     assert event["payload"]["custom_details"]["follow_ups"][0]["what"] == "Root cause analysis"
     assert "pd-routing-key" not in result.model_dump_json()
+
+
+async def test_notifications_link_the_rollbacks_web_ui_page_and_the_dashboard(ts_env, aws, catalog, receivers,
+                                                                               monkeypatch):
+    ok, _ = receivers
+    monkeypatch.setenv("ROLLBACK_WEB_UI_URL", "https://temporal.example.com")
+    monkeypatch.setenv("ROLLBACK_DASHBOARD_URL", "https://grafana.example.com/d/rollback-orchestrator")
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        result = await ts_env.client.execute_workflow(ServiceRollback.run, req(catalog, monitor_minutes=5),
+                                                      id=new_id(), task_queue=worker.task_queue)
+    for text in (r.body["text"] for r in ok.at(SECRET_PATH)):
+        assert f"Web UI: https://temporal.example.com/namespaces/default/workflows/{result.workflow_id}" in text
+        assert "Dashboard: https://grafana.example.com/d/rollback-orchestrator" in text

@@ -29,7 +29,7 @@ from common.api import PROCEDURES, workflow_id
 from common.models import RollbackStatus
 from receiver import ReceiverConfig, create_app
 from sandbox import aws_env
-from sandbox.catalog import alert_rules
+from sandbox.catalog import HIGH_ERROR_RATE_AUTOMATION, alert_rules
 from tests.conftest import FAST_POLICY, RunCatalog, in_process_worker, write_catalog
 from tests.helpers import running_revision
 
@@ -42,6 +42,8 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 def with_rules(catalog: RunCatalog) -> RunCatalog:
     """The sandbox's alert rules (the runbook's scenarios) in the test's catalog."""
     catalog.data["alert_rules"] = alert_rules()
+    catalog.data["policy"]["automation_may_proceed"] = [*catalog.data["policy"].get("automation_may_proceed", []),
+                                                        HIGH_ERROR_RATE_AUTOMATION]  # as the sandbox lists it
     catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
     return catalog
 

@@ -64,8 +64,10 @@ async def test_a_breach_starts_one_rollback_that_proceeds_and_says_so_in_inciden
                                             "threshold": "0.5"}
             assert running_revision(aws) == (42, "v1.2.2")
             triggered = [r.body["text"] for r in slack.at("/slack") if r.body["text"].startswith("Auto-rollback")]
-            assert triggered == [f"Auto-rollback triggered due to high error rate: {svc} 5-minute error rate 2.4% "
-                                 f"on v1.2.3 exceeds 0.5%. Workflow: {wid}"]
+            assert len(triggered) == 1, triggered  # once, with a link to the rollback's Web UI page
+            assert triggered[0].startswith(f"Auto-rollback triggered due to high error rate: {svc} 5-minute error "
+                                           f"rate 2.4% on v1.2.3 exceeds 0.5%. Workflow: {wid}")
+            assert f"/workflows/{wid}" in triggered[0]
 
             # five minutes later: the deployed v1.2.2 is below the threshold, nothing more happens
             after = (await check(dev_env.client, worker.task_queue)).services[0]

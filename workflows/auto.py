@@ -27,10 +27,11 @@ with workflow.unsafe.imports_passed_through():
     from common.api import Started
     from common.catalog import Catalog, EcsRef, Service, UnknownTarget
     from common.models import AutoRollbackCheckInput, AutoRollbackReport, Evidence, ServiceCheck
+    from common.policy import AUTO_ROLLBACK_REQUESTER
     from workflows.options import NOTIFY, QUICK, call
     from workflows.timeline import innermost_message
 
-REQUESTED_BY = "auto-rollback:error-rate"  # the policy's automation_may_proceed names it
+REQUESTED_BY = AUTO_ROLLBACK_REQUESTER  # proceeds without waiting only if the policy's automation_may_proceed lists it
 NEVER_CASCADE = "never-cascade"  # workflow.patched: what serves, never past automation, cooldown, once
 
 
@@ -38,8 +39,8 @@ NEVER_CASCADE = "never-cascade"  # workflow.patched: what serves, never past aut
 class AutoRollbackCheck:
     """Checks each service the catalog marks ``auto_rollback: true``: the deployed version's
     5-minute error rate against the policy's ``auto_rollback_error_rate`` (0.5 %). Above it, the
-    service's rollback is started (requested by ``auto-rollback:error-rate``, which the policy
-    lets proceed without waiting) or, if one is already running, joined with the reading as
+    service's rollback is started (requested by ``auto-rollback:error-rate``, which proceeds without
+    waiting when the catalog's policy lists it) or, if one is already running, joined with the reading as
     evidence: never a second rollback of one target. A start is announced in #incidents.
     One service's failure to be checked is reported and does not stop the others.
 

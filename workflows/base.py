@@ -33,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.pages import Pager
     from workflows.report import render_report, render_summary
     from workflows.timeline import Refused, StepFailed, Timeline, innermost_message as _innermost
+    from workflows import telemetry
+    from workflows.verdicts import PATCH as VERDICTS, blocking
 
 APPROVAL = "Approval"
 # The rules of issue 10 ("never worse"): resolve before announcing or locking, resource locks,
@@ -177,6 +179,8 @@ class RollbackWorkflow:
         ])
         self._event(f"{self.kind} rollback of {target} requested by {request.requested_by} "
                     f"({request.severity}): {request.reason}")
+        if not request.dry_run:
+            telemetry.count(telemetry.STARTED, kind=self.kind)
         for e in self._early_escalations:
             self.escalate(e)
         for ev in self._early_evidence:
@@ -277,6 +281,8 @@ class RollbackWorkflow:
         """The end of every rollback: the validation checklist, the post-rollback actions, the report."""
         self.s.ended_at = workflow.now()
         self.set_phase(phase)
+        if not self.s.dry_run:
+            telemetry.count(telemetry.FINISHED, kind=self.kind, outcome=phase.value)
         report = self.timeline.get("Report") if self.timeline else None
         if report is not None and report.state.value == "pending":
             now = workflow.now()
@@ -344,10 +350,20 @@ class RollbackWorkflow:
 
     def set_phase(self, phase: Phase) -> None:
         if self.s.phase != phase:
+            self._time_metrics(phase)
             self._event(f"phase: {phase.value}")
         self.s.phase = phase
         workflow.upsert_search_attributes([PHASE.value_set(phase.value)])
         self._publish()
+
+    def _time_metrics(self, phase: Phase) -> None:
+        since = workflow.now() - (self.s.started_at or workflow.now())
+        seen = {e.what for e in self.s.events}
+        if phase == Phase.rolling_back and "phase: rolling_back" not in seen:
+            telemetry.seconds(telemetry.FIRST_CHANGE, since, kind=self.kind)
+        validated = phase == Phase.monitoring or (phase == Phase.succeeded and "phase: monitoring" not in seen)
+        if validated and not self.s.dry_run:
+            telemetry.seconds(telemetry.RECOVERY, since, kind=self.kind)
 
     def _event(self, what: str) -> None:
         if self.timeline:
@@ -384,12 +400,14 @@ class RollbackWorkflow:
                 self.set_phase(waiting_phase)
                 await self._notify(f"{self.kind} rollback of {self.s.target} ({self.s.severity}) needs approval: "
                                    f"{context}. Waiting for {self.gate.waiting_for()}. Workflow: {self.s.workflow_id}")
+            waited_from = workflow.now()
             outcome = "cancelled"
             try:
                 outcome = await self.gate.wait(remind=self._remind)
             finally:
                 if self.pager is not None and self.pager.paged:
                     await self.pager.decided(outcome)
+            telemetry.seconds(telemetry.APPROVAL_WAIT, workflow.now() - waited_from, kind=self.kind)
             if outcome == "approved":
                 st.detail = "approved by " + ", ".join(r.approver for r in self.gate.view.received)
                 return
@@ -456,7 +474,8 @@ class RollbackWorkflow:
                 await workflow.sleep(timedelta(minutes=self.catalog.policy.gradual_step_wait_minutes))
                 results = await check()
                 self.s.checks = results
-                failed = [r for r in results if r.ok is False]
+                # verdicts: an inconclusive required check (no evidence) pauses too
+                failed = blocking(results) if workflow.patched(VERDICTS) else [r for r in results if r.ok is False]
                 if failed:
                     await self.pause(step, pct, done[-1], failed)
                     self.set_phase(Phase.rolling_back)
@@ -484,18 +503,26 @@ class RollbackWorkflow:
         """
         self.set_phase(Phase.monitoring)
         end = workflow.now() + timedelta(minutes=minutes)
-        rounds = 0
+        rounds = unchecked = 0
         while workflow.now() < end:
             left = (end - workflow.now()).total_seconds()
             await workflow.sleep(min(left, interval_minutes * 60))
             results = await check()
             rounds += 1
             self.s.checks = results
-            for bad in (r for r in results if r.ok is False):
-                self.s.regressions.append(bad)
-                self._event(f"REGRESSION during monitoring: {bad.name}: {bad.detail}")
-                await self._notify(f"REGRESSION after {self.kind} rollback of {self.s.target}: "
-                                   f"{bad.name}: {bad.detail}. Nothing was rolled forward; a human decides.")
+            await self.report_regressions([r for r in results if r.ok is False], "during monitoring")
+            for r in (r for r in results if r.ok is None and not r.optional):
+                unchecked += 1
+                self._event(f"not checked during monitoring: {r.name}: {r.detail}")
             self._publish()
         return (f"{minutes:g} min, {rounds} round(s) of checks, "
-                + (f"{len(self.s.regressions)} regression(s)" if self.s.regressions else "no regression"))
+                + (f"{len(self.s.regressions)} regression(s)" if self.s.regressions else "no regression")
+                + (f", {unchecked} inconclusive check(s): see events" if unchecked else ""))
+
+    async def report_regressions(self, bad: list[CheckResult], when: str) -> None:
+        """Loudly (status, events, #incidents); nothing is rolled forward or back: a human decides."""
+        for r in bad:
+            self.s.regressions.append(r)
+            self._event(f"REGRESSION {when}: {r.name}: {r.detail}")
+            await self._notify(f"REGRESSION after {self.kind} rollback of {self.s.target}: "
+                               f"{r.name}: {r.detail}. Nothing was rolled forward; a human decides.")

@@ -23,9 +23,13 @@ CHECKLIST: list[tuple[str, set[str], tuple[str, ...]]] = [
 ]
 
 
+MEASURED = {"error_rate", "latency_p95", "business"}  # their detail says what "at baseline" meant: the rule
+
+
 def _evidence(checks: list[CheckResult]) -> str:
-    return "; ".join(f"{c.name}: {'ok' if c.ok else 'FAILED' if c.ok is False else 'no data'}"
-                     + (f" ({c.detail})" if c.detail and c.ok is False else "") for c in checks)
+    return "; ".join(f"{c.name}: {'ok' if c.ok else 'FAILED' if c.ok is False else 'not checked'}"
+                     + (f" ({c.detail})" if c.detail and (c.ok is not True or c.kind in MEASURED) else "")
+                     for c in checks)
 
 
 def _judge(item: str, checks: list[CheckResult]) -> ChecklistItem:

