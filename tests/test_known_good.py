@@ -20,6 +20,7 @@ from pydantic import SecretStr
 from temporalio.client import Client
 
 from common.api import workflow_id
+from common.catalog import Catalog
 from common.models import AutoRollbackCheckInput, AutoRollbackReport, RollbackStatus
 from common.settings import Settings
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry, ensure_function
@@ -177,12 +178,13 @@ async def test_the_auto_rollback_check_never_cascades(dev_env, aws, tmp_path):
 async def test_alerts_never_cascade_a_lambda_rollback(dev_env, aws, tmp_path):
     from tests.test_receiver import BEARER, serving
 
-    catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "monitor_minutes": 0.05, "automation_may_proceed": [
-        "alertmanager:lambda-errors"]})
+    catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "monitor_minutes": 0.05})
     name = catalog.name(FUNCTION)
     catalog.data["functions"] = {name: catalog_entry()}
     catalog.data["alert_rules"] = [{"name": "lambda-errors", "match": {"alertname": "LambdaErrors"}, "kind": "lambda",
                                     "input": {"function": "{labels.function}"}}]
+    catalog.data["policy"]["automation_may_proceed"] = ["alertmanager:lambda-errors"]  # proceeds without people
+    Catalog.model_validate(catalog.data)
     catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
     lam = aws.client("lambda")
 
