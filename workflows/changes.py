@@ -119,9 +119,9 @@ def cancel_wins() -> bool:
 def cancelled(e: BaseException) -> BaseException:
     """An activity failure caused by the workflow's cancel becomes ``CancelledError``, so that no
     ``except FailureError`` on the way (a best-effort notification, a check) can swallow it."""
-    if isinstance(e, FailureError) and is_cancelled_exception(e) and cancel_requested():
+    if isinstance(e, FailureError) and is_cancelled_exception(e) and cancel_wins():
         return asyncio.CancelledError(f"cancel requested: {e}")
-    return e
+    return e  # (runs from before the ledger: exactly as they ran then)
 
 
 async def make(fn_name: str, arg: Any, start: Callable[[], "asyncio.Future[Any]"]) -> Any:
