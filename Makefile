@@ -24,7 +24,8 @@ chromium:
 	fi
 
 ## Debian's Prometheus for tests/test_prometheus.py (the Prometheus metric provider against a real
-## server), when missing and we can (root with apt-get); elsewhere that test skips, saying why.
+## server) and for the sandbox's real p95 (sandbox/prometheus.py), when missing and we can (root with
+## apt-get); elsewhere that test skips and the sandbox reads CloudWatch's Average, saying why.
 prometheus:
 	@if ! command -v prometheus >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's prometheus for tests/test_prometheus.py"; \

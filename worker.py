@@ -162,6 +162,7 @@ def banner(settings: Settings, sandbox_info: object | None) -> None:
         http = getattr(sandbox_info, "http_base", "")
         lines += [
             f"Service:  {http}/api/version  (the sandbox's api-service: v1.2.3, elevated error rate)",
+            f"Latency:  {getattr(sandbox_info, 'latency_source', '')}",
             "The sandbox marks api for auto-rollback: left alone, the schedule rolls it back within ~10 min.",
         ]
     console = Console(stderr=True, soft_wrap=True)  # soft wrap: commands stay whole, copy-pasteable
@@ -211,8 +212,9 @@ async def serve() -> int:
             if mode.sandbox:
                 from sandbox import Sandbox, aws_env
 
+                prom = settings.sandbox_prometheus_port
                 sb = Sandbox(port=settings.sandbox_port, http_port=settings.sandbox_http_port,
-                             data_dir=settings.data_dir)
+                             data_dir=settings.data_dir, prometheus_port=None if prom == "off" else prom)
                 sandbox_info = sb.start()
                 stack.callback(sb.stop)
                 os.environ.update(aws_env(sandbox_info.endpoint_url))

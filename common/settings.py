@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     aws: Literal["sandbox", "real"] = Field("sandbox", alias="ROLLBACK_AWS")
     sandbox_port: int = Field(4566, alias="ROLLBACK_SANDBOX_PORT")
     sandbox_http_port: int = Field(8080, alias="ROLLBACK_SANDBOX_HTTP_PORT")
+    # The sandbox's Prometheus (a real p95, sandbox/prometheus.py) where Debian's prometheus is installed.
+    sandbox_prometheus_port: int | Literal["off"] = Field(9090, alias="ROLLBACK_SANDBOX_PROMETHEUS_PORT",
+                                                          description="0: any free port; off: CloudWatch only")
 
     catalog: Path | None = Field(None, alias="ROLLBACK_CATALOG")
 

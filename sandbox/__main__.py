@@ -30,6 +30,7 @@ def main() -> None:
         for key, value in aws_env(info.endpoint_url).items():
             print(f"export {key}={value}")
         print(f"# endpoints: {info.http_base}/api/version   catalog: {info.catalog_path}")
+        print(f"# latency_p95: {info.latency_source}")
         print("# Ctrl-C stops the sandbox")
         try:
             threading.Event().wait()

@@ -16,7 +16,7 @@ Bookings per minute (``Rastup/Business`` ``BookingsPerMinute``, ``Service=api``)
 
 Latency is put as plain values and read back as an Average: moto cannot compute
 percentiles; where Prometheus runs (sandbox/prometheus.py), the catalog's ``latency_p95`` is a
-real p95 of the histograms the endpoints serve instead.
+real p95 of the request histograms the sandbox's traffic exporter records instead.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``Sandbox``: moto + the seeded fleet + fake endpoints + fake metrics, started and stopped as one."""
+"""``Sandbox``: moto + the seeded fleet + fake endpoints + fake metrics (+ Prometheus where installed),
+started and stopped as one."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sandbox.endpoints import EndpointServer
 from sandbox.fleet import REGION, Fleet, seed
 from sandbox.metrics import MetricsEmitter
 from sandbox.moto_server import reset, start_moto
+from sandbox.prometheus import SandboxPrometheus, start_prometheus
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class SandboxInfo(BaseModel):
     http_base: str  # the fake public endpoints: <http_base>/api/version ...
     catalog_path: Path  # the full catalog for this run (api and api-bg)
     fleet: Fleet
+    prometheus_url: str | None = None  # the sandbox's Prometheus, where it runs
+    latency_source: str = ""  # what the catalog's latency_p95 reads (for the banner)
 
 
 class Sandbox:
@@ -46,15 +50,22 @@ class Sandbox:
     empties it first, so every start begins at the runbook's incident (v1.2.3 live). The only
     global it touches is ``os.environ["MOTO_ECS_SERVICE_RUNNING"]`` (see ``start_moto``); it
     does not set AWS_* variables: pass ``aws_env(info.endpoint_url)`` to whoever needs them.
+
+    ``prometheus_port``: where Debian's prometheus is installed, a real Prometheus on that port
+    (0: any free one) scrapes the sandbox's request histograms and latency_p95 is their p95
+    (sandbox/prometheus.py); None, or when it cannot run, latency_p95 is CloudWatch's Average.
     """
 
     def __init__(self, port: int = 4566, http_port: int = 8080, data_dir: Path = Path(".data"),
-                 metrics_interval: float = 10, region: str = REGION) -> None:
+                 metrics_interval: float = 10, region: str = REGION, prometheus_port: int | None = 9090,
+                 prometheus_scrape_seconds: float = 5) -> None:
         self.port, self.http_port, self.data_dir = port, http_port, Path(data_dir)
         self.metrics_interval, self.region = metrics_interval, region
+        self.prometheus_port, self.prometheus_scrape_seconds = prometheus_port, prometheus_scrape_seconds
         self._moto: ThreadedMotoServer | None = None
         self._endpoints: EndpointServer | None = None
         self._metrics: MetricsEmitter | None = None
+        self._prometheus: SandboxPrometheus | None = None
 
     def start(self) -> SandboxInfo:
         try:
@@ -65,23 +76,36 @@ class Sandbox:
             self._endpoints.start()
             self._metrics = MetricsEmitter(endpoint_url, self.metrics_interval, self.region)
             self._metrics.start()
+            why_not = "ROLLBACK_SANDBOX_PROMETHEUS_PORT is off"
+            if self.prometheus_port is not None:
+                self._prometheus, why_not = start_prometheus(endpoint_url, fleet, self.data_dir, self.prometheus_port,
+                                                             self.prometheus_scrape_seconds)
         except BaseException:
             self.stop()
             raise
         http_base = self._endpoints.base_url
-        catalog = write_catalog(self.data_dir / CATALOG_NAME, http_base, fleet)
+        catalog = write_catalog(self.data_dir / CATALOG_NAME, http_base, fleet, self._prometheus)
+        if self._prometheus:
+            latency = f"p95 from Prometheus {self._prometheus.url}"
+            log.info("sandbox: latency_p95 is histogram_quantile's: %s", why_not)
+        else:
+            latency = f"CloudWatch Average, not a p95 (no Prometheus: {why_not})"
+            log.info("sandbox: latency_p95 is CloudWatch's Average (moto has no percentiles): %s", why_not)
         log.info("sandbox: moto at %s, endpoints at %s, catalog %s", endpoint_url, http_base, catalog)
-        return SandboxInfo(endpoint_url=endpoint_url, http_base=http_base, catalog_path=catalog,
-                           fleet=fleet)
+        return SandboxInfo(endpoint_url=endpoint_url, http_base=http_base, catalog_path=catalog, fleet=fleet,
+                           prometheus_url=self._prometheus.url if self._prometheus else None, latency_source=latency)
 
     def stop(self) -> None:
         """Stop what was started, newest first; safe to call twice."""
+        if self._prometheus:
+            self._prometheus.stop()
         if self._metrics:
             self._metrics.stop()
         if self._endpoints:
             self._endpoints.stop()
         if self._moto:
             self._moto.stop()
+        self._prometheus = None
         self._metrics = self._endpoints = self._moto = None
 
     def __enter__(self) -> SandboxInfo:

@@ -111,9 +111,10 @@ class RunCatalog:
         return self.name("api-bg")
 
 
-def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None) -> RunCatalog:
-    """The sandbox catalog with per-test service names; ``policy`` overrides the runbook's."""
-    data = catalog_dict(aws.http_base, aws.fleet)
+def write_catalog(tmp_path: Path, aws: Aws, policy: dict | None = None, prometheus=None) -> RunCatalog:
+    """The sandbox catalog with per-test service names; ``policy`` overrides the runbook's; with the
+    sandbox's ``prometheus`` (sandbox.prometheus.start_prometheus), latency_p95 is its real p95."""
+    data = catalog_dict(aws.http_base, aws.fleet, prometheus)
     suffix = uuid.uuid4().hex[:6]
     for section in ("services", "sites", "functions", "stacks", "flags", "configs"):
         data[section] = {f"{k}-{suffix}": v for k, v in data.get(section, {}).items()}

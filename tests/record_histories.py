@@ -129,3 +129,27 @@ async def test_record_never_worse(ts_env, aws, catalog):
             id="replay-never-worse-lambda", task_queue=tq)
         await h.result()
         await save(h, "never_worse_lambda_succeeded")
+
+
+async def test_record_verdicts(ts_env, aws, catalog):
+    """Validation waiting for the serving version's own data (verdicts-await-evidence), after a baseline
+    query error that is not kept (verdicts-unread-baseline)."""
+    from datetime import timedelta
+
+    from tests.helpers import wait_for
+    from tests.test_verdicts import healthy_history, metric_of, noisy, put, with_metrics
+
+    with_metrics(catalog, catalog.api, [metric_of(catalog)])
+    healthy_history(aws, catalog, 0.2)
+    aws.faults.inject("GetMetricData", "denied", "denied")
+    inconclusive = lambda s: sum(1 for r in s.readings if r.verdict == "inconclusive")  # noqa: E731
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        h = await ts_env.client.start_workflow(ServiceRollback.run, req(catalog.api, monitor_minutes=5),
+                                               id="rec-verdicts", task_queue=worker.task_queue)
+        for n in (1, 2, 3):
+            await wait_for(h, lambda s: inconclusive(s) >= n)
+            if n < 3:
+                await ts_env.sleep(timedelta(seconds=21))
+        put(aws, {"Service": catalog.suffix, "Version": "v1.2.2"}, noisy(0.2, 5), newest_minutes_ago=0.5)
+        await h.result()
+        await save(h, "service_validation_waits_for_evidence")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,7 +56,7 @@ class Run:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.data_dir = tmp_path / "data"
-        self.dev_port, self.ui_port, self.moto_port, self.http_port, self.metrics_port = free_ports(5)
+        self.dev_port, self.ui_port, self.moto_port, self.http_port, self.metrics_port, self.prom_port = free_ports(6)
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("TEMPORAL_", "ROLLBACK_", "AWS_", "MOTO_"))}
         env.update({
@@ -64,6 +65,7 @@ class Run:
             "ROLLBACK_DEV_UI_PORT": str(self.ui_port),
             "ROLLBACK_SANDBOX_PORT": str(self.moto_port),
             "ROLLBACK_SANDBOX_HTTP_PORT": str(self.http_port),
+            "ROLLBACK_SANDBOX_PROMETHEUS_PORT": str(self.prom_port),
             "ROLLBACK_METRICS_PORT": str(self.metrics_port),
             "ROLLBACK_DATA_DIR": str(self.data_dir),
             "ROLLBACK_LOG_FORMAT": "json",
@@ -74,7 +76,8 @@ class Run:
     @property
     def ports(self) -> dict[str, int]:
         return {"dev server": self.dev_port, "Web UI": self.ui_port, "moto": self.moto_port,
-                "sandbox endpoints": self.http_port, "metrics": self.metrics_port}
+                "sandbox endpoints": self.http_port, "metrics": self.metrics_port,
+                "sandbox Prometheus": self.prom_port}
 
     @property
     def http_base(self) -> str:
@@ -180,6 +183,11 @@ async def test_make_run_default_serves_a_rollback_stops_on_ctrl_c_and_keeps_hist
     assert "SANDBOX" in banner
     assert f"http://127.0.0.1:{run.ui_port}" in banner
     assert f"{run.http_base}/api/version" in banner
+    # which latency_p95 the sandbox's catalog reads, and why
+    if shutil.which("prometheus"):
+        assert f"Latency:  p95 from Prometheus http://127.0.0.1:{run.prom_port}" in banner
+    else:
+        assert "Latency:  CloudWatch Average, not a p95 (no Prometheus: Debian's" in banner
     # the copy-paste command stands on one line, whatever the terminal's width
     assert ".venv/bin/python starter.py start api --severity SEV-2 --requested-by dana " \
            "--reason 'error rate after v1.2.3'" in banner

@@ -140,6 +140,8 @@ async def test_notifications_link_the_rollbacks_web_ui_page_and_the_dashboard(ts
     async with in_process_worker(ts_env.client, catalog) as worker:
         result = await ts_env.client.execute_workflow(ServiceRollback.run, req(catalog, monitor_minutes=5),
                                                       id=new_id(), task_queue=worker.task_queue)
-    for text in (r.body["text"] for r in ok.at(SECRET_PATH)):
+    texts = [r.body["text"] for r in ok.at(SECRET_PATH)]
+    assert texts, "no notification reached the webhook"  # else the loop below would check nothing
+    for text in texts:
         assert f"Web UI: https://temporal.example.com/namespaces/default/workflows/{result.workflow_id}" in text
         assert "Dashboard: https://grafana.example.com/d/rollback-orchestrator" in text

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from temporalio.exceptions import ApplicationError
 
@@ -122,3 +123,85 @@ def test_a_bad_query_is_a_non_retryable_error_and_no_series_is_no_samples(promet
     with pytest.raises(ApplicationError) as excinfo:  # two series where one is needed
         read(prometheus, "v1.2.2", promql="rate(http_request_duration_seconds_count[5s])")
     assert "aggregate it to one" in str(excinfo.value)
+
+
+# --- the sandbox's own Prometheus (sandbox/prometheus.py): a real p95 in `make run` ----------------
+
+@pytest.fixture()
+def sandbox_prometheus(aws, tmp_path):
+    """The sandbox's traffic exporter and Prometheus on the test's fleet: scraped every second, with the
+    hour before the bad deploy (v1.2.2 healthy) backfilled."""
+    from sandbox.prometheus import start_prometheus
+
+    prom, why = start_prometheus(aws.endpoint_url, aws.fleet, tmp_path, port=0, scrape_seconds=1)
+    assert prom is not None, why
+    yield prom
+    prom.stop()
+
+
+def series_count(prom, selector: str) -> float:
+    result = httpx.get(f"{prom.url}/api/v1/query", params={"query": f"sum({selector})"}, timeout=5).json()
+    return float(result["data"]["result"][0]["value"][1]) if result["data"]["result"] else 0.0
+
+
+async def test_sandbox_rollback_validates_latency_on_a_real_p95(dev_env, aws, tmp_path, sandbox_prometheus):
+    """A sandbox ServiceRollback on the real dev server: latency_p95 is histogram_quantile over the
+    histograms the sandbox records for what ECS runs now, judged against v1.2.2's hour before the deploy.
+    The judged window (18 s here) holds only what v1.2.2 served after the rollback, so validation waits
+    for that evidence, as it would in production."""
+    from common.models import ServiceRollbackInput
+    from sandbox.metrics import MetricsEmitter
+    from tests.conftest import FAST_POLICY, in_process_worker, write_catalog
+    from tests.helpers import new_id
+    from workflows.service import ServiceRollback
+
+    prom = sandbox_prometheus
+    catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "metric_window_minutes": 0.3,
+                                            "reading_interval_minutes": 0.05}, prometheus=prom)
+    error_rate, latency = catalog.data["services"][catalog.api]["metrics"]
+    error_rate["period_seconds"] = 2  # CloudWatch's, from the sandbox's emitter below: a sample per 2 s
+    catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
+    p95, at = latency["promql"], Prometheus(url=prom.url)
+    deadline = time.monotonic() + 60  # what ECS runs now is scraped; v1.2.2's history leaves the window
+    while len((bad := read(at, "v1.2.3", promql=p95, minutes=0.2)[1]).values) < 3 or \
+            read(at, "v1.2.2", promql=p95, minutes=0.3)[1].values:
+        assert time.monotonic() < deadline, f"no v1.2.3 traffic, or v1.2.2 still in the window: {bad}"
+        time.sleep(1)
+    assert all(380 <= v <= 500 for v in bad.values), bad.values  # v1.2.3 is slow: p95 ~435 ms
+
+    emitter = MetricsEmitter(aws.endpoint_url, interval=1)
+    emitter.start()
+    try:
+        async with in_process_worker(dev_env.client, catalog) as worker:
+            result = await dev_env.client.execute_workflow(ServiceRollback.run, ServiceRollbackInput(
+                service=catalog.api, severity="SEV-2", requested_by="dana", reason="p95 after v1.2.3",
+                monitor_minutes=0.05), id=new_id(), task_queue=worker.task_queue)
+    finally:
+        emitter.stop()
+    assert result.phase.value == "succeeded", result.message
+    check = next(c for c in result.checks if c.name == "latency_p95")
+    assert check.verdict == "passed" and check.version == "v1.2.2", check.detail
+    assert "Prometheus histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket" \
+           '{service="api-service",version="v1.2.2"}' in check.detail
+    # measured, not the catalog's constant 180: v1.2.2's p95 over the hour before the v1.2.3 deploy
+    assert "before the v1.2.3 deploy" in check.baseline_source and "constant" not in check.baseline_source
+    assert 180 < check.baseline < 200 and 180 < check.value < check.limit, check.detail
+    # right after the rollback v1.2.2 had no samples of its own yet: not a pass, a wait for evidence
+    readings = [r for r in result.readings if r.name == "latency_p95"]
+    assert readings[0].verdict == "inconclusive" and "0 sample(s)" in readings[0].detail, readings[0].detail
+    assert check.samples >= 3
+
+
+def test_the_sandbox_falls_back_to_cloudwatch_when_its_prometheus_port_is_taken(aws, tmp_path):
+    from sandbox.catalog import render
+    from sandbox.prometheus import start_prometheus
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        prom, why = start_prometheus(aws.endpoint_url, aws.fleet, tmp_path, port=port)
+    assert prom is None and f"port {port} is taken" in why
+    assert "ROLLBACK_SANDBOX_PROMETHEUS_PORT" in why
+    text = render(aws.http_base, aws.fleet, prom)
+    assert "latency_p95 reads the Average of Latency" in text and "provider: prometheus" not in text

@@ -30,10 +30,12 @@ from sandbox.metrics import emit_once
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxInfo]:
     """One sandbox for the module (moto's state is per process, so never two at once).
 
-    Ports 0: the OS picks free ones. A long interval: only start()'s own emission runs here.
+    Ports 0: the OS picks free ones. A long interval: only start()'s own emission runs here. No
+    Prometheus (tests/test_prometheus.py runs the sandbox's own): latency_p95 is CloudWatch's.
     Teardown checks that stop() is idempotent and really closes both ports.
     """
-    box = Sandbox(port=0, http_port=0, data_dir=tmp_path_factory.mktemp("data"), metrics_interval=600)
+    box = Sandbox(port=0, http_port=0, data_dir=tmp_path_factory.mktemp("data"), metrics_interval=600,
+                  prometheus_port=None)
     info = box.start()
     yield info
     box.stop()
@@ -152,6 +154,11 @@ def test_rendered_catalog_validates_and_names_this_fleet(sandbox: SandboxInfo) -
     assert bg.green.ecs.service == GREEN_SERVICE
     assert catalog.service("api").endpoints.version == f"{sandbox.http_base}/api/version"
     assert catalog.people.on_call == ["dana"]
+    # without Prometheus, latency_p95 is CloudWatch's Average, and the catalog and the banner say why
+    latency = next(m for m in catalog.service("api").metrics if m.name == "latency_p95")
+    assert (latency.provider, latency.stat, catalog.prometheus) == ("cloudwatch", "Average", None)
+    assert "moto cannot compute percentiles" in sandbox.catalog_path.read_text()
+    assert sandbox.latency_source == "CloudWatch Average, not a p95 (no Prometheus: ROLLBACK_SANDBOX_PROMETHEUS_PORT is off)"
 
 
 def test_static_catalog_is_current_and_valid() -> None:

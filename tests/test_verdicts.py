@@ -89,6 +89,9 @@ def test_business_metric_drop():
     assert judge(q, None, samples(noisy(97, 5, 4)), None, base, Policy(), NOW).verdict == "passed"
     low = judge(q, None, samples(noisy(66, 5, 4)), None, base, Policy(), NOW)
     assert low.verdict == "failed" and "at most 10% below baseline" in low.detail
+    # (the runbook's 10 % rule was there before; what is new is a verdict that says what it compared)
+    assert "vs baseline 100/min = bookings over ... one week earlier, 60 samples" in low.detail
+    assert low.p_value < 0.05 and low.effect_size == 1.0 and "significant at 95%" in low.detail
 
 
 # --- whole rollbacks ------------------------------------------------------------------
@@ -231,6 +234,49 @@ async def test_one_spike_does_not_pause_two_consecutive_failures_do(ts_env, aws,
                 await handle.result()
 
 
+async def test_validation_waits_for_the_serving_versions_own_data(ts_env, aws, catalog):
+    # As in production: v1.2.2 has history from before the bad deploy, and no data while v1.2.3 served.
+    # Right after the rollback its window is empty; before, validation gave up after three tries 20 s apart
+    # ("not checked: 0 sample(s)") although the data was on its way.
+    dims = {"Service": catalog.suffix, "Version": "v1.2.2"}
+    with_metrics(catalog, catalog.api, [metric_of(catalog)])
+    healthy_history(aws, catalog, 0.2)
+    inconclusive = lambda s: sum(1 for r in s.readings if r.name == "error_rate" and r.verdict == "inconclusive")  # noqa: E731
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        handle = await ts_env.client.start_workflow(ServiceRollback.run, req(catalog.api), id=new_id(),
+                                                    task_queue=worker.task_queue)
+        for n in (1, 2, 3):  # the three tries of before, 20 s apart
+            await wait_for(handle, lambda s: inconclusive(s) >= n, what=f"inconclusive reading {n}")
+            if n < 3:
+                await ts_env.sleep(timedelta(seconds=21))
+        put(aws, dims, noisy(0.2, 5), newest_minutes_ago=0.5)  # v1.2.2's own traffic, since the rollback
+        result = await handle.result()
+    assert result.phase.value == "succeeded", result.message
+    check = next(c for c in result.checks if c.name == "error_rate")
+    assert check.verdict == "passed" and check.samples == 5 and "before the v1.2.3 deploy" in check.baseline_source
+    verdicts = [r.verdict for r in result.readings if r.name == "error_rate"]
+    assert verdicts[:4] == ["inconclusive"] * 3 + ["passed"], verdicts
+    assert "not checked: 0 sample(s)" in next(r for r in result.readings if r.name == "error_rate").detail
+
+
+async def test_a_baseline_query_error_is_inconclusive_and_read_again(ts_env, aws, catalog):
+    # Before: both baseline queries failed once, the catalog's constant 0.2 stood in for the whole rollback,
+    # and a service healthy at 1.1 % failed validation at 1.3 % on a baseline nobody had measured.
+    with_metrics(catalog, catalog.api, [metric_of(catalog)])
+    healthy_history(aws, catalog, 1.1)
+    put(aws, {"Service": catalog.suffix, "Version": "v1.2.2"}, noisy(1.3, 5), newest_minutes_ago=0.5)
+    aws.faults.inject("GetMetricData", "denied", "denied")  # the first reading's last_good and week_ago
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        result = await ts_env.client.execute_workflow(ServiceRollback.run, req(catalog.api), id=new_id(),
+                                                      task_queue=worker.task_queue)
+    assert result.phase.value == "succeeded", result.message
+    first = next(r for r in result.readings if r.name == "error_rate")
+    assert first.verdict == "inconclusive" and "the baseline could not be read (last_good: query failed" in first.detail
+    check = next(c for c in result.checks if c.name == "error_rate")
+    assert check.verdict == "passed" and check.baseline == pytest.approx(1.1, abs=0.02)
+    assert "before the v1.2.3 deploy" in check.baseline_source
+
+
 class _Stale(BaseHTTPRequestHandler):
     """Old tasks that a restart brought back: they answer the version endpoint with the bad release."""
 
@@ -368,3 +414,60 @@ async def test_business_metric_drop_alert_to_flag_rollback_end_to_end(ts_env, aw
     assert item.state == "passed" and "bookings_per_minute: ok" in item.evidence
     steps = {st.name: st.state.value for st in result.steps}
     assert steps["Validate rollback"] == steps["Monitor post-rollback"] == "succeeded"
+
+
+@pytest.mark.parametrize("cities,recovers", [(None, True), (["los-angeles"], False)], ids=["all-cities", "one-city"])
+async def test_a_flag_rollback_on_the_dev_server_is_judged_by_the_bookings_it_affects(dev_env, aws, tmp_path,
+                                                                                     cities, recovers):
+    """Real time on the dev server, the sandbox's own Scenario 4: its emitter reports bookings per minute
+    every second from what AppConfig serves (a third lower while new_feature_enabled is on). Turning the
+    flag off everywhere brings them back to last week's level; turning it off in one city does not, and
+    that is a regression of the rollback, with the affected service's checks judged too."""
+    from common.models import FeatureFlagRollbackInput
+    from sandbox.catalog import bookings_metric
+    from sandbox.metrics import MetricsEmitter
+    from tests.conftest import FAST_POLICY, write_catalog
+    from workflows.flags import FeatureFlagRollback
+
+    # Windows of 12 s, one sample per 2 s, so real time passes quickly; the runbook's rules are unchanged.
+    catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "metric_window_minutes": 0.2,
+                                            "reading_interval_minutes": 0.02})
+    for m in catalog.data["services"][catalog.api]["metrics"]:
+        m["period_seconds"] = 2
+    flag = catalog.name("new_feature_enabled")
+    catalog.data["flags"][flag].update(metrics=[{**bookings_metric(), "period_seconds": 2}], services=[catalog.api])
+    catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
+    emitter = MetricsEmitter(aws.endpoint_url, interval=1)
+    emitter.start()
+    try:
+        async with in_process_worker(dev_env.client, catalog) as worker:
+            handle = await dev_env.client.start_workflow(FeatureFlagRollback.run, FeatureFlagRollbackInput(
+                flag=flag, action="disable", all_cities=cities is None, cities=cities, severity="SEV-2",
+                requested_by="dana", reason="bookings dropped", monitor_minutes=0.05),
+                id=new_id(), task_queue=worker.task_queue)
+            if recovers:
+                result = await handle.result()
+            else:
+                with pytest.raises(WorkflowFailureError) as excinfo:
+                    await handle.result()
+                assert "the affected service did not recover" in failure_text(excinfo)
+                result = await status_of(handle)
+    finally:
+        emitter.stop()
+    steps = {st.name: st.state.value for st in result.steps}
+    assert steps["Verify flag state"] == "succeeded"
+    bookings = next(c for c in result.checks if c.name == "bookings_per_minute")
+    assert "one week earlier" in bookings.baseline_source and bookings.baseline == pytest.approx(100)
+    assert "Rastup/Business/BookingsPerMinute" in bookings.detail and bookings.samples >= 3
+    service = {c.name: c for c in result.checks if c.name.startswith(f"{catalog.api}: ")}
+    assert service[f"{catalog.api}: error_rate"].verdict == "passed", service  # the service, judged as it served
+    if recovers:
+        assert result.phase.value == "succeeded", result.message
+        assert bookings.verdict == "passed" and bookings.value > 90, bookings.detail
+        assert steps["Validate rollback"] == steps["Monitor post-rollback"] == "succeeded"
+        assert not result.regressions
+    else:
+        assert bookings.verdict == "failed" and bookings.value == pytest.approx(66), bookings.detail
+        assert "at most 10% below baseline" in bookings.detail and "2 failing readings in a row" in bookings.detail
+        assert [r.name for r in result.regressions] == ["bookings_per_minute"]
+        assert steps["Validate rollback"] == "failed"

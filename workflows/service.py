@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.known_good import refuse_automation, remember
     from workflows.options import call
     from workflows.timeline import StepFailed
-    from workflows.verdicts import PATCH, Verdicts, baseline_ref, blocking, summary
+    from workflows.verdicts import EVIDENCE, PATCH, Verdicts, awaiting_evidence, baseline_ref, blocking, summary
 
 IDENTIFY = "Identify previous stable version"
 STAGING = "Verify in staging"
@@ -241,7 +241,12 @@ class ServiceRollback(RollbackWorkflow):
 
     async def _validate(self, svc: Service, version: str) -> str:
         policy = self.catalog.policy  # type: ignore[union-attr]
-        for attempt in range(1, policy.validation_attempts + 1):
+        # Right after the change the version now serving has little data of its own: while only windows
+        # too thin to judge block, read again a reading interval apart, until one metric window has passed.
+        evidence_by = workflow.now() + timedelta(minutes=policy.metric_window_minutes)
+        attempt = 0
+        while True:
+            attempt += 1
             results = await self._checks(svc, version)
             self.s.checks = results
             if workflow.patched(PATCH):  # no evidence is no pass: an inconclusive required check blocks too
@@ -256,6 +261,10 @@ class ServiceRollback(RollbackWorkflow):
                         + (f"; not checked (no data): {', '.join(unchecked)}" if unchecked else ""))
             if attempt < policy.validation_attempts:
                 await workflow.sleep(policy.validation_retry_seconds)
+            elif awaiting_evidence(failed, policy) and workflow.now() < evidence_by and workflow.patched(EVIDENCE):
+                await workflow.sleep(timedelta(minutes=policy.reading_interval_minutes))
+            else:
+                break
         raise StepFailed("validation failed: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
 
     async def _checks(self, svc: Service, version: str) -> list[CheckResult]:

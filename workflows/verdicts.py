@@ -8,7 +8,8 @@ catalog's constant, saying so), the rule, and the Mann-Whitney U test's p-value 
 - **Measured baselines.** ``last_good``: the same metric of the last known-good version in the
   window before the change being rolled back began; ``week_ago``: the same metric one week
   earlier. The catalog orders them per metric; its constant is the fallback when neither has
-  data. Baselines are read once per rollback and kept.
+  data (a query error is not "no data": that baseline is inconclusive, and read again at the next
+  reading). Baselines are read once per rollback and kept.
 - **No evidence, no pass.** No samples, fewer than ``policy.min_samples``, no baseline at all, or
   a query error is ``inconclusive``; ``blocking`` treats it like a failure unless the catalog
   marks the metric optional.
@@ -45,6 +46,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.timeline import innermost_message
 
 PATCH = "verdicts-v1"  # workflow.patched id of every command change this module brought
+EVIDENCE = "verdicts-await-evidence"  # validation reads again while its windows are too thin to judge
+UNREAD = "verdicts-unread-baseline"  # a baseline query error is inconclusive and not kept
 MAX_READINGS = 200  # kept in status.readings; older ones are counted in readings_dropped
 WEEK = 7
 
@@ -107,7 +110,7 @@ def judge(q: MetricQuery, version: str | None, serving: Samples | None, error: s
         return r
     assert serving is not None
     r.window, r.samples = window_text(serving.start, serving.end), len(serving.values)
-    measured = f"{r.window}, {r.samples} sample(s)"
+    measured = f"{r.window}, {r.samples} sample(s)" + (f" of {serving.source}" if serving.source else "")
     if r.samples < policy.min_samples:
         r.detail = (f"{q.name}{on}: not checked: {r.samples} sample(s) in {r.window}, at least "
                     f"{policy.min_samples} needed ({serving.source})")
@@ -152,6 +155,14 @@ def blocking(results: list[CheckResult]) -> list[CheckResult]:
     return [r for r in results if r.ok is False or (r.ok is None and not r.optional)]
 
 
+def awaiting_evidence(failed: list[CheckResult], policy: Policy) -> bool:
+    """Whether all that blocks is windows too thin to judge yet: right after a rollback, the version
+    now serving has only seconds of data (per-version metrics start at the change). Reading again
+    later can decide; a failed check or a query error cannot wait it out."""
+    return bool(failed) and all(r.ok is None and r.samples is not None and r.samples < policy.min_samples
+                                for r in failed)
+
+
 def summary(results: list[CheckResult]) -> str:
     passed = sum(1 for r in results if r.ok)
     unchecked = [r.name for r in results if r.ok is None]
@@ -189,11 +200,18 @@ class Verdicts:
         version = self.ref.version or serving
         key = (q.name, version)
         if key not in self._baselines:
-            self._baselines[key] = await self._measure(q, version)
+            base, errors = await self._measure(q, version)
+            if errors and workflow.patched(UNREAD):
+                # A query error is not "no data": judge nothing against the constant, keep nothing,
+                # and read the baseline again at the next reading.
+                return Baseline(source=f"the baseline could not be read ({'; '.join(errors)}); it is read again "
+                                       "at the next reading")
+            self._baselines[key] = base
         return self._baselines[key]
 
-    async def _measure(self, q: MetricQuery, version: str | None) -> Baseline:
-        tried = []
+    async def _measure(self, q: MetricQuery, version: str | None) -> tuple[Baseline, list[str]]:
+        """The first source with data; else the catalog's constant (or none), and the sources whose query failed."""
+        tried, errors = [], []
         whose = version or q.name
         for source in q.baseline_from:
             if source == "last_good" and self.ref.since is None:
@@ -207,18 +225,19 @@ class Verdicts:
                     got = await self._read(q, version, minutes=q.baseline_minutes, days_ago=WEEK)
             except ActivityError as e:
                 tried.append(f"{source}: query failed: {innermost_message(e)}")
+                errors.append(tried[-1])
                 continue
             if len(got.values) >= self.policy.min_samples:
                 when = (f"before {self.ref.change}" if source == "last_good" else "one week earlier")
                 return Baseline(value=statistics.fmean(got.values), samples=got.values,
                                 source=f"{whose} over {window_text(got.start, got.end, source == 'week_ago')} "
-                                       f"{when}, {len(got.values)} samples")
+                                       f"{when}, {len(got.values)} samples"), []
             tried.append(f"{source}: {len(got.values)} sample(s) in {window_text(got.start, got.end, True)}")
         if q.baseline is not None:
             return Baseline(value=q.baseline, source=f"the catalog's constant {q.baseline:g}{q.unit}, as no "
-                                                     f"measured baseline had data ({'; '.join(tried)})")
+                                                     f"measured baseline had data ({'; '.join(tried)})"), errors
         return Baseline(source="no measured baseline had data and the catalog gives no constant ("
-                               + "; ".join(tried) + ")")
+                               + "; ".join(tried) + ")"), errors
 
     async def reading(self, q: MetricQuery, version: str | None) -> CheckResult:
         error, got = None, None
