@@ -176,9 +176,9 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-def in_process_worker(client: Client, catalog: RunCatalog) -> Worker:
+def in_process_worker(client: Client, catalog: RunCatalog, task_queue: str | None = None) -> Worker:
     from worker import build_worker
 
-    return build_worker(client, Settings(), catalog.path, task_queue=f"tq-{uuid.uuid4().hex[:8]}")
+    return build_worker(client, Settings(), catalog.path, task_queue=task_queue or f"tq-{uuid.uuid4().hex[:8]}")
 
 from tests.pg import pg_database, pg_database_factory  # noqa: E402,F401  (real PostgreSQL fixtures)
