@@ -43,7 +43,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import structlog
@@ -59,7 +59,7 @@ from temporalio.service import RPCError
 from common.api import BadRequest, RollbackError, Rollbacks, read_catalog
 from common.catalog import AlertRule, CatalogError
 from common.identity import SLACK_WINDOW_SECONDS, SlackCallback, ago
-from common.models import DecisionRequest, Evidence
+from common.models import MAX_LABELS, DecisionRequest, Evidence, Label, LabelKey
 from common.settings import SourceAuth, _unset_if_empty
 
 log = structlog.get_logger("receiver")
@@ -80,11 +80,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Labels become a rollback's evidence: bounded like Evidence's (common/models.py), so a huge label is
+# a clear 422 here, never a status that outgrows Temporal's limits.
+Labels = Annotated[dict[LabelKey, Label], Field(max_length=MAX_LABELS)]
+
+
 class AlertmanagerAlert(Strict):
     """One alert of an Alertmanager webhook (v4); the last fields are Grafana's additions."""
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
+    labels: Labels
     annotations: dict[str, str] = Field(default_factory=dict)
     startsAt: datetime | None = None
     endsAt: datetime | None = None
@@ -108,7 +113,7 @@ class AlertmanagerPayload(Strict):
     status: Literal["firing", "resolved"]
     receiver: str
     groupLabels: dict[str, str] = Field(default_factory=dict)
-    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: Labels = Field(default_factory=dict)
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
     externalURL: str = ""
     alerts: list[AlertmanagerAlert]
@@ -135,7 +140,7 @@ class GenericAlert(Strict):
     source: str = Field(pattern=SOURCE_PATTERN, max_length=64,
                         description="who sends it, e.g. 'ci' or 'synthetics'; requested_by is '<source>:<rule>'")
     status: Literal["firing", "resolved"]
-    labels: dict[str, str] = Field(description="matched by the catalog's alert_rules, e.g. alertname, service")
+    labels: Labels = Field(description="matched by the catalog's alert_rules, e.g. alertname, service")
     summary: str = Field("", max_length=2000)
     starts_at: datetime | None = Field(None, description="when the condition began (default: now)")
 
@@ -209,7 +214,7 @@ def fill(template: Any, alert: Alert, rule: AlertRule, where: str) -> Any:
 class Outcome(BaseModel):
     alert: str
     fingerprint: str = ""
-    outcome: Literal["started", "joined", "handled", "resolved", "no_rule", "invalid", "error"]
+    outcome: Literal["started", "joined", "handled", "declined", "resolved", "no_rule", "invalid", "error"]
     message: str
     rule: str = ""
     kind: str = ""
@@ -422,7 +427,7 @@ class Receiver:
 
         results = await asyncio.gather(*(one(a) for a in alerts))
         counts = {k: sum(1 for r in results if r.outcome == k) for k in
-                  ("started", "joined", "handled", "resolved", "no_rule", "invalid", "error")}
+                  ("started", "joined", "handled", "declined", "resolved", "no_rule", "invalid", "error")}
         status = 503 if counts["error"] else \
             422 if counts["invalid"] and not (counts["started"] or counts["joined"]) else 200
         log.info("alerts received", path=request.url.path, status=status, alerts=len(results),

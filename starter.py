@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -338,21 +340,43 @@ async def cmd_cancel(client: Client, settings: Settings, a: argparse.Namespace) 
         raise
     if desc.status != WorkflowExecutionStatus.RUNNING:  # cancelling an ended workflow "succeeds" silently
         raise CliError(f"rollback {handle.id} has already ended ({state(desc.status)}); nothing to cancel", 1)
-    await handle.cancel()
-    console.print(f"cancel requested for {handle.id}: no further changes will be made; "
-                  "traffic is not moved back to the bad version")
-    for _ in range(20):  # confirm, with the state reached
-        await asyncio.sleep(0.5)
-        try:
-            s = await rb.query_status(handle)
-        except RollbackError as e:  # the cancellation is recorded; the worker acts on it when it can
-            console.print(f"not confirmed yet: {escape(str(e))}")
+    # Temporal takes one cancel and ignores the rest: say which this is, then what really happened.
+    earlier = await cancel_requested_at(handle)
+    if earlier is not None:
+        console.print(f"{handle.id} is already cancelling: a cancel was requested at {earlier:%Y-%m-%d %H:%M:%S}Z; "
+                      "no change starts after it")
+    else:
+        await handle.cancel()
+        console.print(f"cancel requested for {handle.id}: no change starts after it; a change under way "
+                      "finishes first (never half made); traffic is not moved back to the bad version")
+    deadline = time.monotonic() + a.wait
+    while desc.status == WorkflowExecutionStatus.RUNNING:  # what really happened: wait for it to end
+        if time.monotonic() > deadline:
+            console.print(f"not confirmed yet: {handle.id} has not stopped within {a.wait:g}s (is the worker "
+                          f"running?); no change starts after the cancel. Check 'starter.py status "
+                          f"{escape(a.target)}'")
             return 0
-        if s is not None and s.phase in FINAL_PHASES:
-            console.print(f"{escape(s.target)}: {s.phase.value}" + (f" - {escape(s.message)}" if s.message else ""))
-            return 0
-    console.print(f"not confirmed yet: check 'starter.py status {escape(a.target)}'")
-    return 0
+        await asyncio.sleep(POLL_SECONDS / 2)
+        desc = await handle.describe()
+    try:
+        s = await rb.query_status(handle)
+    except RollbackError as e:
+        console.print(f"{handle.id} has ended ({state(desc.status)}): {escape(str(e))}")
+        return 0 if desc.status == WorkflowExecutionStatus.CANCELED else 1
+    if s is None or s.phase == Phase.cancelled:
+        console.print(f"{escape(s.target if s else handle.id)}: cancelled" + (f" - {escape(s.message)}" if s and s.message else ""))
+        return 0
+    console.print(f"{escape(s.target)}: it had already finished before the cancel took effect: {s.phase.value}"
+                  + (f" - {escape(s.message)}" if s.message else ""))
+    return 1
+
+
+async def cancel_requested_at(handle: WorkflowHandle) -> datetime | None:
+    """When a cancel was requested of this run, if one was (the history says; no worker needed)."""
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
+            return event.event_time.ToDatetime()
+    return None
 
 
 async def cmd_login(settings: Settings, a: argparse.Namespace) -> int:
@@ -444,7 +468,8 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="rollbacks in flight")
     ls.add_argument("--all", action="store_true", help="include finished ones")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    targeted("cancel", "stop a rollback: no further changes are made")
+    c = targeted("cancel", "stop a rollback: no change starts after the cancel; says what was changed")
+    c.add_argument("--wait", type=float, default=30, help="seconds to wait for it to stop and say how (default 30)")
     lg = sub.add_parser("login", help="get a token proving you are NAME from the sandbox's identity provider")
     lg.add_argument("person", metavar="NAME", help="a person of the catalog, e.g. alice")
     sc = sub.add_parser("schedule", help="the auto-rollback schedule (every 5 minutes; runbook: Automation)")

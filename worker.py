@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import structlog
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -42,6 +42,7 @@ from activities.flags import FlagActivities
 from activities.http_checks import check_http
 from activities.identity import IdentityActivities
 from activities.incidents import IncidentActivities, IncidentSettings
+from activities.known_good import KnownGoodActivities
 from activities.lambda_fn import LambdaActivities
 from activities.metrics import CloudWatchActivities, MetricActivities
 from activities.notify import NotifyActivities
@@ -80,6 +81,7 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
     tasks, rds = EcsTaskActivities(aws), RdsActivities(aws)
     s3, cf = S3Activities(aws), CloudFrontActivities(aws)
     lam = LambdaActivities(aws)
+    verdicts = KnownGoodActivities(aws)
     tf = TerraformActivities(settings.data_dir / "infra")
     automation_key = settings.automation_secret()
     identity = IdentityActivities(catalog_path, settings.slack_signing_secret, automation_key)
@@ -93,8 +95,8 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         NotifyActivities(settings.slack_webhook_url, settings.ui_url, settings.dashboard_url,
                          settings.temporal_namespace, catalog_path).notify,
         *_incident_activities(settings),
-        locks.acquire_lock, locks.holder_running,
-        RollbackStartActivities(client, task_queue, catalog_path, automation_key).start_or_join_rollback,
+        locks.acquire_lock, locks.holder_running, locks.acquire_locks, locks.release_locks,
+        *_start_activities(client, task_queue, catalog_path, automation_key),
         tasks.run_one_off, tasks.task_state, tasks.force_new_deployment,
         rds.describe_instance, rds.find_instance, rds.list_snapshots, rds.restore_from_snapshot,
         SecretsActivities(aws).point_secret_at, Route53Activities(aws).upsert_cname,
@@ -102,9 +104,17 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         s3.plan_release_sync, s3.apply_release_sync, s3.plan_object_versions, s3.apply_object_versions,
         s3.read_object, cf.create_invalidation, cf.invalidation_done,
         lam.list_function_versions, lam.get_function_alias, lam.point_function_alias, lam.invoke_function,
+        verdicts.record_verdicts, verdicts.ecs_verdict_of,
         tf.resolve_stack_commits, tf.checkout_stack, tf.plan_stack, tf.apply_stack_plan, tf.validate_stack,
         *_config_activities(aws),
     ]
+
+
+def _start_activities(client: Client, task_queue: str, catalog_path: Path, automation_key: SecretStr | None) -> list:
+    """Temporal from a workflow: starting a rollback (the auto-rollback check, signed with the automation
+    key), its previous report."""
+    starts = RollbackStartActivities(client, task_queue, catalog_path, automation_key)
+    return [starts.start_or_join_rollback, starts.previous_check]
 
 
 def _config_activities(aws: AwsClients) -> list:
@@ -119,8 +129,9 @@ def _incident_activities(settings: Settings) -> list:
     incidents = IncidentActivities(IncidentSettings(
         statuspage_url=settings.statuspage_url, statuspage_token=settings.statuspage_token,
         ticket_url=settings.ticket_url, ticket_token=settings.ticket_token,
-        pagerduty_routing_key=settings.pagerduty_routing_key, pagerduty_url=settings.pagerduty_url))
-    return [incidents.update_status_page, incidents.create_ticket]
+        pagerduty_routing_key=settings.pagerduty_routing_key,
+        pagerduty_secondary_routing_key=settings.pagerduty_secondary_routing_key, pagerduty_url=settings.pagerduty_url))
+    return [incidents.update_status_page, incidents.create_ticket, incidents.page]
 
 
 def build_worker(client: Client, settings: Settings, catalog_path: Path, task_queue: str | None = None) -> Worker:

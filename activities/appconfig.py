@@ -22,6 +22,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
+from activities.known_good import Verdict, appconfig_profile_arn, per_version, read_tags
 
 FEATURE_FLAGS = "AWS.AppConfig.FeatureFlags"
 DELIVERED = ("BAKING", "COMPLETE")  # served to every client (BAKING: AppConfig still watches alarms)
@@ -78,6 +79,8 @@ class History(BaseModel):
     deployments: list[Deployment] = Field(default_factory=list)
     latest_number: int = 0  # of the environment, any profile
     in_progress: Deployment | None = None  # of the environment, any profile (one at a time)
+    verdicts: dict[str, Verdict] = Field(default_factory=dict, description="per version: what rollbacks found")
+    profile_arn: str = ""  # where the verdicts are kept (tags of the profile)
 
     @property
     def current(self) -> Deployment | None:
@@ -189,6 +192,15 @@ class AppConfigActivities:
 
     @activity.defn
     def history(self, r: Resolved) -> History:
+        """The deployments, and the verdicts rollbacks recorded (tags of the profile)."""
+        h = self.deployments(r)
+        arn = appconfig_profile_arn(self._aws, r.application_id, r.profile_id)
+        ac = self._aws("appconfig")
+        h.verdicts = per_version(read_tags(arn, lambda: ac.list_tags_for_resource(ResourceArn=arn).get("Tags") or {}))
+        h.profile_arn = arn
+        return h
+
+    def deployments(self, r: Resolved) -> History:
         items = self._list("list_deployments", f"list-deployments {r.environment}",
                            ApplicationId=r.application_id, EnvironmentId=r.environment_id)
         every = sorted((_deployment(i) for i in items), key=lambda d: d.number, reverse=True)
@@ -284,7 +296,7 @@ class AppConfigActivities:
 
     def _marked(self, r: Resolved, token: str, after: int | None) -> Deployment | None:
         """This rollback's deployment, if an earlier attempt started it (newer than ``after``)."""
-        newer = [d for d in self.history(r).deployments if d.number > (after or 0)]
+        newer = [d for d in self.deployments(r).deployments if d.number > (after or 0)]
         for d in newer[:10]:
             full = self.deployment(DeploymentRef(resolved=r, number=d.number))
             if f"[{token}]" in full.description:

@@ -9,6 +9,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
+from activities.known_good import KEEP, Verdict, ecs_verdict
 from common.catalog import EcsRef
 
 
@@ -17,6 +18,7 @@ class Revision(BaseModel):
     family: str
     revision: int
     version: str  # the image tag of the service's container
+    verdict: Verdict | None = None  # what rollbacks found (activities/known_good.py); list_versions only
 
 
 class Deployed(BaseModel):
@@ -103,7 +105,10 @@ class EcsActivities:
                 td = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"]
             if td["family"] == deployed.task_definition.family:
                 revisions.append(_revision(td, ref.container))
-        return sorted(revisions, key=lambda r: r.revision, reverse=True)
+        revisions.sort(key=lambda r: r.revision, reverse=True)
+        for r in revisions[:KEEP]:  # the verdicts that can matter: the newest revisions'
+            r.verdict = ecs_verdict(ecs, r.arn)
+        return revisions
 
     @activity.defn
     def deploy_task_definition(self, req: DeployRequest) -> bool:

@@ -237,7 +237,7 @@ class AppConfigFlagStore:
 
     def read(self, ref: FlagRef) -> FlagSnapshot:
         r = self._resolved(ref)
-        history = self._ac.history(r)
+        history = self._ac.deployments(r)
         current = history.current
         if current is None:
             raise ApplicationError(f"nothing is deployed from {r.profile} to {r.environment} (application "

@@ -1,11 +1,14 @@
 """The runbook's Post-Rollback Actions towards outside systems: the status page
-(Statuspage-style API) and the incident ticket (a generic HTTP endpoint or PagerDuty
-Events v2, with the short- and long-term follow-ups as reminders). Tokens never leave here.
+(Statuspage-style API), the incident ticket (a generic HTTP endpoint, or a PagerDuty Events v2
+``change`` event: a record, never a page; the short- and long-term follow-ups as reminders), and
+the pages of an approval step that passed its response time (PagerDuty Events v2 ``trigger`` /
+``resolve``). Tokens never leave here.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Literal
 
 import httpx
 from pydantic import BaseModel, SecretStr
@@ -35,13 +38,31 @@ class IncidentNote(BaseModel):
     at: datetime
 
 
+class Page(BaseModel):
+    """A PagerDuty Events v2 alert event: one dedup key per rollback run (trigger, then resolve)."""
+
+    action: Literal["trigger", "resolve"]
+    dedup_key: str
+    secondary: bool = False  # page the secondary on-call (its own routing key)
+    summary: str = ""
+    severity: Literal["critical", "error", "warning", "info"] = "error"
+    workflow_id: str = ""
+
+
 class IncidentSettings(BaseModel):
     statuspage_url: str | None = None  # e.g. https://api.statuspage.io/v1/pages/<page_id>
     statuspage_token: SecretStr | None = None
     ticket_url: str | None = None  # generic: POST JSON here
     ticket_token: SecretStr | None = None
     pagerduty_routing_key: SecretStr | None = None
+    pagerduty_secondary_routing_key: SecretStr | None = None
     pagerduty_url: str = "https://events.pagerduty.com/v2/enqueue"
+
+    @property
+    def pagerduty_change_url(self) -> str:
+        """Events v2 change events: .../v2/change/enqueue beside .../v2/enqueue."""
+        base = self.pagerduty_url.rstrip("/")
+        return base.removesuffix("/v2/enqueue") + "/v2/change/enqueue"
 
 
 def _post(url: str, payload: dict, headers: dict[str, str], what: str) -> dict:
@@ -78,19 +99,9 @@ class IncidentActivities:
 
     @activity.defn
     def create_ticket(self, note: IncidentNote) -> str:
-        """Create the incident ticket with the follow-ups as dated reminders."""
+        """The follow-up record, with the follow-ups as dated reminders: a ticket (generic endpoint)
+        or else a PagerDuty change event. Never a page: a finished rollback wakes nobody up."""
         follow_ups = [{"what": what, "due": (note.at + after).isoformat()} for what, after in FOLLOW_UPS]
-        if self._s.pagerduty_routing_key:
-            body = _post(self._s.pagerduty_url, {
-                "routing_key": self._s.pagerduty_routing_key.get_secret_value(),
-                "event_action": "trigger",
-                "dedup_key": note.workflow_id,
-                "payload": {"summary": note.title, "source": "rollback-orchestrator",
-                            "severity": "critical" if note.severity in ("SEV-3", "SEV-4") else "warning",
-                            "custom_details": {"outcome": note.outcome, "timeline": note.body,
-                                               "follow_ups": follow_ups}},
-            }, {}, "PagerDuty")
-            return f"PagerDuty event {body.get('dedup_key', note.workflow_id)}"
         if self._s.ticket_url:
             headers = {"Authorization": f"Bearer {self._s.ticket_token.get_secret_value()}"} \
                 if self._s.ticket_token else {}
@@ -99,4 +110,30 @@ class IncidentActivities:
                 "external_id": note.workflow_id, "description": note.body, "follow_ups": follow_ups,
             }, headers, "ticket endpoint")
             return f"ticket {body.get('id', note.workflow_id)}"
+        if self._s.pagerduty_routing_key:
+            _post(self._s.pagerduty_change_url, {
+                "routing_key": self._s.pagerduty_routing_key.get_secret_value(),
+                "payload": {"summary": note.title[:1024], "timestamp": note.at.isoformat(),
+                            "source": "rollback-orchestrator",
+                            "custom_details": {"workflow_id": note.workflow_id, "severity": note.severity,
+                                               "outcome": note.outcome, "follow_ups": follow_ups,
+                                               "timeline": note.body[:16_000]}},
+            }, {}, "PagerDuty change event")
+            return f"PagerDuty change event for {note.workflow_id}"
         return "not configured"
+
+    @activity.defn
+    def page(self, page: Page) -> str:
+        """Trigger or resolve the page of an approval step that passed its response time."""
+        key = self._s.pagerduty_secondary_routing_key if page.secondary else self._s.pagerduty_routing_key
+        if key is None:
+            return ("not configured (ROLLBACK_PAGERDUTY_SECONDARY_ROUTING_KEY)" if page.secondary
+                    else "not configured (ROLLBACK_PAGERDUTY_ROUTING_KEY)")
+        event: dict = {"routing_key": key.get_secret_value(), "event_action": page.action,
+                       "dedup_key": page.dedup_key}
+        if page.action == "trigger":
+            event["payload"] = {"summary": page.summary[:1024], "source": "rollback-orchestrator",
+                                "severity": page.severity, "custom_details": {"workflow_id": page.workflow_id}}
+        _post(self._s.pagerduty_url, event, {}, "PagerDuty")
+        who = "secondary" if page.secondary else "primary"
+        return f"PagerDuty {page.action} ({who}, dedup key {page.dedup_key})"

@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
+from activities.known_good import Verdict, per_version, read_tags
 
 SHOWN = 20  # names listed in a NotFound message; the rest are counted
 
@@ -29,6 +30,8 @@ class FunctionVersion(BaseModel):
     description: str = ""
     last_modified: str = ""
     code_sha256: str = ""
+    verdict: Verdict | None = None  # what rollbacks found (activities/known_good.py)
+    arn: str = Field("", exclude=True)  # the function's unqualified ARN (for its tags)
 
 
 class AliasState(BaseModel):
@@ -110,7 +113,8 @@ class LambdaActivities:
                 for page in pages:
                     versions += [FunctionVersion(version=v["Version"], description=v.get("Description", ""),
                                                  last_modified=v.get("LastModified", ""),
-                                                 code_sha256=v.get("CodeSha256", ""))
+                                                 code_sha256=v.get("CodeSha256", ""),
+                                                 arn=v.get("FunctionArn", "").rsplit(":", 1)[0])
                                  for v in page.get("Versions", [])]
             except ClientError as e:
                 if _missing(e):
@@ -124,8 +128,15 @@ class LambdaActivities:
 
     @activity.defn
     def list_function_versions(self, function_name: str) -> list[FunctionVersion]:
-        """The function's published versions, newest first ($LATEST left out: not a release)."""
-        versions = [v for v in self._published(function_name) if v.version.isdigit()]
+        """The function's published versions, newest first ($LATEST left out: not a release), with
+        the verdicts rollbacks recorded (tags on the function)."""
+        published = self._published(function_name)
+        lam = self._aws("lambda")
+        arn = next((v.arn for v in published if v.arn), "")
+        verdicts = per_version(read_tags(function_name, lambda: lam.list_tags(Resource=arn).get("Tags") or {})
+                               if arn else {})
+        versions = [v.model_copy(update={"verdict": verdicts.get(v.version)}) for v in published
+                    if v.version.isdigit()]
         return sorted(versions, key=lambda v: int(v.version), reverse=True)
 
     @activity.defn

@@ -14,7 +14,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from common.api import BadRequest, Rollbacks, Started
-from common.models import Evidence
+from common.models import AutoRollbackReport, Evidence
 
 
 class StartOrJoin(BaseModel):
@@ -37,3 +37,18 @@ class RollbackStartActivities:
             return await self._api.start_or_join(req.kind, req.fields, req.evidence, not_before=req.not_before)
         except BadRequest as e:
             raise ApplicationError(str(e), type="InvalidRequest", non_retryable=True) from None
+
+    @activity.defn
+    async def previous_check(self, task_queue: str) -> AutoRollbackReport | None:
+        """The newest completed auto-rollback check's report on this task queue (so that a decline is
+        announced once, not every 5 minutes)."""
+        newest = None
+        async for run in self._api.client.list_workflows(
+                f"WorkflowType = 'AutoRollbackCheck' AND TaskQueue = '{task_queue}' AND ExecutionStatus = 'Completed'",
+                limit=10):
+            if run.close_time and (newest is None or run.close_time > newest.close_time):
+                newest = run
+        if newest is None:
+            return None
+        handle = self._api.client.get_workflow_handle(newest.id, run_id=newest.run_id, result_type=AutoRollbackReport)
+        return await handle.result()

@@ -14,6 +14,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
+from activities.known_good import Verdict, per_version
 
 
 class PointSecret(BaseModel):
@@ -60,6 +61,7 @@ class SecretVersion(BaseModel):
     version_id: str
     stages: list[str] = Field(default_factory=list)
     created: datetime | None = None
+    verdict: Verdict | None = None  # what rollbacks found (tags of the secret, activities/known_good.py)
 
 
 class SecretStages(BaseModel):
@@ -99,9 +101,11 @@ class SecretStageActivities:
         sm = self._aws("secretsmanager")
         with aws_call(f"secretsmanager describe-secret {secret_id}"):
             try:
-                stages = sm.describe_secret(SecretId=secret_id).get("VersionIdsToStages") or {}
+                described = sm.describe_secret(SecretId=secret_id)
             except ClientError as e:
                 raise self._not_found(secret_id, e) or e
+        stages = described.get("VersionIdsToStages") or {}
+        verdicts = per_version({t["Key"]: t["Value"] for t in described.get("Tags") or []})
         listed: list[dict] = []
         with aws_call(f"secretsmanager list-secret-version-ids {secret_id}"):
             kwargs: dict = dict(SecretId=secret_id, IncludeDeprecated=True)
@@ -117,7 +121,8 @@ class SecretStageActivities:
             served = answer["VersionId"]
             answer.clear()  # the value goes no further than this line
         versions = sorted((SecretVersion(version_id=v["VersionId"], stages=v.get("VersionStages") or [],
-                                         created=v.get("CreatedDate")) for v in listed),
+                                         created=v.get("CreatedDate"), verdict=verdicts.get(v["VersionId"]))
+                           for v in listed),
                           key=lambda v: v.created or datetime.min, reverse=True)
         return SecretStages(secret_id=secret_id, versions=versions, current=_stage_holder(stages, "AWSCURRENT"),
                             previous=_stage_holder(stages, "AWSPREVIOUS"),

@@ -1,11 +1,20 @@
-"""Temporal itself as an outside system: the per-target lock that keeps two rollbacks of
-the same target from acting at once, whatever workflow ids they were started with.
+"""Temporal itself as an outside system: the locks that keep two rollbacks from acting on the
+same resource at once, whatever procedure or workflow id they were started with.
 
-The lock is a tiny ``TargetLock`` workflow whose id is the lock name: Temporal's own
-"one running workflow per id" rule makes acquiring it atomic.
+A lock is a tiny ``TargetLock`` workflow whose id names the resource: Temporal's own "one
+running workflow per id" rule makes taking it atomic. A rollback names every resource it will
+touch (an ECS service, an RDS instance, a secret, a flag store profile, a bucket, a function, a
+stack: see ``workflows/lock.py``) and takes them all in one activity, all or nothing.
+
+Lock ids are bounded whatever the names: ``rollback-lock-<readable prefix>-<digest>``, where the
+digest covers the whole resource name and the task queue (one orchestrator deployment's locks).
 """
 
 from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
 
 from pydantic import BaseModel
 from temporalio import activity
@@ -29,6 +38,29 @@ class LockRequest(BaseModel):
 class LockResult(BaseModel):
     acquired: bool
     holder: LockHolder | None = None  # who holds it when not acquired
+
+
+class LocksRequest(BaseModel):
+    resources: list[str]  # e.g. "ecs service rastup-prod/api-service" (workflows/lock.py names them)
+    holder: LockHolder
+
+
+class LocksResult(BaseModel):
+    acquired: bool
+    lock_ids: list[str] = []  # taken (all of them), when acquired
+    resource: str = ""  # the resource someone else holds, when not acquired
+    holder: LockHolder | None = None  # ... and who
+
+
+AT_ONCE = 50  # lock workflows started concurrently: a 1000-function fleet takes its locks in seconds
+READABLE = 40  # characters of the resource name kept readable in a lock id
+
+
+def lock_id(resource: str, scope: str) -> str:
+    """A bounded, readable lock id: the resource name's first characters plus a digest of all of it."""
+    digest = hashlib.sha256(f"{scope}\n{resource}".encode()).hexdigest()[:16]
+    slug = re.sub(r"[^a-z0-9]+", "-", resource.lower()).strip("-")[:READABLE].strip("-")
+    return f"rollback-lock-{slug}-{digest}"
 
 
 class LockActivities:
@@ -68,6 +100,44 @@ class LockActivities:
                 except RPCError:
                     pass
         raise RuntimeError(f"could not settle lock {req.lock_id}; retrying")
+
+    @activity.defn
+    async def acquire_locks(self, req: LocksRequest) -> LocksResult:
+        """Take the lock of every resource, or none: if one is held by a running rollback, the
+        ones just taken are released and the answer names the holder. Idempotent for one holder run."""
+        gate = asyncio.Semaphore(AT_ONCE)
+        ids = {r: lock_id(r, self._task_queue) for r in dict.fromkeys(req.resources)}
+
+        async def one(resource: str) -> tuple[str, LockResult]:
+            async with gate:
+                activity.heartbeat(resource)
+                return resource, await self.acquire_lock(LockRequest(
+                    lock_id=ids[resource], holder=req.holder.model_copy(
+                        update={"description": f"{req.holder.description} ({resource})"})))
+
+        results = await asyncio.gather(*(one(r) for r in ids))
+        refused = [(r, res) for r, res in results if not res.acquired]
+        taken = [ids[r] for r, res in results if res.acquired]
+        if not refused:
+            return LocksResult(acquired=True, lock_ids=taken)
+        await self.release_locks(taken)
+        resource, res = refused[0]
+        return LocksResult(acquired=False, resource=resource, holder=res.holder)
+
+    @activity.defn
+    async def release_locks(self, lock_ids: list[str]) -> None:
+        """Release locks (a lock whose holder has ended also frees itself)."""
+        gate = asyncio.Semaphore(AT_ONCE)
+
+        async def one(lid: str) -> None:
+            async with gate:
+                try:
+                    await self._client.get_workflow_handle(lid).signal("release")
+                except RPCError as e:
+                    if e.status != RPCStatusCode.NOT_FOUND:  # already gone: nothing to release
+                        activity.logger.warning("could not release %s: %s", lid, e.message)
+
+        await asyncio.gather(*(one(lid) for lid in lock_ids))
 
     async def _running(self, holder: LockHolder) -> bool:
         try:

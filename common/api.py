@@ -38,7 +38,8 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client, Schedule, ScheduleActionStartWorkflow, ScheduleAlreadyRunningError, ScheduleIntervalSpec,
     ScheduleOverlapPolicy, SchedulePolicy, ScheduleSpec, ScheduleState, ScheduleUpdate, ScheduleUpdateInput,
-    WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError, WorkflowUpdateFailedError,
+    WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle, WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
@@ -47,6 +48,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog import Catalog, CatalogError, UnknownTarget, load_catalog
 from common.identity import SlackCallback, request_digest
+from common.policy import Policy
 from common.models import (
     FINAL_PHASES, ConfigRollbackInput, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Evidence,
     FeatureFlagRollbackInput,
@@ -73,6 +75,10 @@ QUERY_TIMEOUT = timedelta(seconds=5)  # a worker answers a query in milliseconds
 UPDATE_TIMEOUT = timedelta(seconds=60)  # the decision's proof is checked first (an identity provider may be slow)
 POLL_SECONDS = 1.0
 GATE_WAIT_SECONDS = 30
+# A running rollback gets no more evidence signals past this many history events (Temporal ends a
+# workflow at ~51,200): an alert storm never wedges or kills it.
+EVIDENCE_HISTORY_LIMIT = 10_000
+COOLDOWN_RUNS = 20  # the target's newest runs looked at for an automatic rollback within the cooldown
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -225,8 +231,10 @@ class Started(BaseModel):
     workflow_id: str
     run_id: str
     started: bool  # True: this call started the workflow
-    outcome: Literal["started", "joined", "handled"]  # handled: an earlier run ended after `not_before`
+    # handled: an earlier run ended after `not_before`; declined: automation may not start one now (cooldown)
+    outcome: Literal["started", "joined", "handled", "declined"]
     message: str = ""
+    cause: str = ""  # handled/declined: the earlier run that answers for it, "<workflow id>/<run id>"
 
 
 # --- the API -----------------------------------------------------------------------------
@@ -313,6 +321,12 @@ class Rollbacks:
         ``not_before`` (e.g. when an alert began): if the target's last rollback ENDED after it,
         that rollback already answered this alert and nothing is started again (a still-firing
         alert right after a rollback must not roll back a second version).
+
+        This is the automation's way in (the alert receiver, the auto-rollback check): a rollback it
+        starts is marked automatic (memo ``automatic``), and within the policy's
+        ``auto_rollback_cooldown_minutes`` after an automatic rollback of the target ended, none is
+        started (``declined``): only a person can. A running rollback whose history is already long
+        gets no more evidence signals (``joined``, not recorded), so an alert storm cannot wedge it.
         """
         wf_type, model, target_field = procedure(kind)
         if not isinstance(request, model):
@@ -320,15 +334,28 @@ class Rollbacks:
         target = target_of(request, target_field)
         self.check_target(kind, target)  # a model built elsewhere: its target still must be in the catalog
         wf_id = workflow_id(kind, target)
-        if not_before is not None:
-            handled = await self._ended_since(kind, target, wf_id, not_before)
+        desc = await self._describe(wf_id)
+        # A rollback in its final phase (posting its outcome) has answered already: as good as ended.
+        running = desc is not None and desc.status == WorkflowExecutionStatus.RUNNING and \
+            desc.typed_search_attributes.get(PHASE) not in {p.value for p in FINAL_PHASES}
+        if running and (desc.history_length or 0) > EVIDENCE_HISTORY_LIMIT:  # type: ignore[union-attr]
+            return Started(kind=kind, target=target, workflow_id=wf_id, run_id=desc.run_id, started=False,  # type: ignore[union-attr]
+                           outcome="joined", message=(
+                               f"joined {wf_id}: a rollback of {kind} {target!r} is already running; it has received "
+                               f"so many events that this alert was not added to its evidence"))
+        if not running and desc is not None and not_before is not None:
+            handled = self._ended_since(kind, target, desc, not_before)
             if handled is not None:
                 return handled
+        if not running:
+            declined = await self._cooling_down(kind, target, wf_id)
+            if declined is not None:
+                return declined
         request = self._signed(kind, target, request)
         handle = await self.client.start_workflow(
             wf_type, request, id=wf_id, task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            start_signal="add_evidence", start_signal_args=[evidence],
+            start_signal="add_evidence", start_signal_args=[evidence], memo={"automatic": True},
             search_attributes=self._search_attributes(kind, target, request))
         resp = getattr(handle, "_start_workflow_response", None)
         started = bool(getattr(resp, "started", False))
@@ -338,22 +365,58 @@ class Rollbacks:
                                 f"joined {wf_id}: a rollback of {kind} {target!r} is already running; "
                                 "the alert is recorded as evidence in its status"))
 
-    async def _ended_since(self, kind: str, target: str, wf_id: str, since: datetime) -> Started | None:
+    async def _describe(self, wf_id: str) -> WorkflowExecutionDescription | None:
         try:
-            desc = await self.client.get_workflow_handle(wf_id).describe()
+            return await self.client.get_workflow_handle(wf_id).describe()
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
-        if desc.status == WorkflowExecutionStatus.RUNNING or desc.close_time is None:
+
+    async def _cooling_down(self, kind: str, target: str, wf_id: str) -> Started | None:
+        """``declined`` if an automatic rollback of the target ended within the policy's cooldown."""
+        catalog = read_catalog(self.catalog_path)
+        minutes = (catalog.policy if catalog is not None else Policy()).auto_rollback_cooldown_minutes
+        if not minutes:
             return None
+        now = datetime.now(timezone.utc)
+        since = now - timedelta(minutes=minutes)
+        final = {p.value for p in FINAL_PHASES}
+        try:
+            runs = [run async for run in self.client.list_workflows(f"WorkflowId = '{wf_id}'", limit=COOLDOWN_RUNS)]
+        except RPCError as e:
+            if e.status != RPCStatusCode.UNIMPLEMENTED:
+                raise
+            return None  # a Temporal without visibility (the time-skipping test server): no cooldown to read
+        for run in runs:
+            phase = run.typed_search_attributes.get(PHASE) or ""
+            ended = run.close_time or (now if phase in final else None)  # ending: posting its outcome
+            if ended is None or ended < since:
+                continue
+            if phase in ("refused", "rejected", "timed_out", "planned") or not (await run.memo()).get("automatic"):
+                continue  # not an automatic rollback that went ahead
+            until = ended + timedelta(minutes=minutes)
+            return Started(kind=kind, target=target, workflow_id=wf_id, run_id=run.run_id, started=False,
+                           outcome="declined", cause=f"{wf_id}/{run.run_id}", message=(
+                               f"not started: automation rolled back {kind} {target!r} (workflow {wf_id}, ended "
+                               f"{phase or state(run.status)} at {ended:%Y-%m-%d %H:%M:%S}Z); within "
+                               f"policy.auto_rollback_cooldown_minutes ({minutes:g}), until "
+                               f"{until:%Y-%m-%d %H:%M:%S}Z, only a person can start another: "
+                               f"'starter.py start {target} --kind {kind} --severity <SEV> --requested-by <you> "
+                               "--reason <why>'"))
+        return None
+
+    def _ended_since(self, kind: str, target: str, desc: WorkflowExecutionDescription,
+                     since: datetime) -> Started | None:
+        wf_id = desc.id
+        ended = desc.close_time or datetime.now(timezone.utc)  # (or it is ending: its final phase is set)
         since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
-        if desc.close_time < since:
+        if ended < since:
             return None
         phase = desc.typed_search_attributes.get(PHASE) or state(desc.status)
         return Started(kind=kind, target=target, workflow_id=wf_id, run_id=desc.run_id, started=False,
-                       outcome="handled",
-                       message=(f"not started again: {wf_id} ended ({phase}) at {desc.close_time:%Y-%m-%d %H:%M:%S}Z, "
+                       outcome="handled", cause=f"{wf_id}/{desc.run_id}",
+                       message=(f"not started again: {wf_id} ended ({phase}) at {ended:%Y-%m-%d %H:%M:%S}Z, "
                                 f"after this alert began at {since.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S}Z; "
                                 "a new alert (a later start time) starts a new rollback"))
 

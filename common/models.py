@@ -8,24 +8,36 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from common.identity import MAX_TOKEN_CHARS, ProofRecord, SeverityChange, SlackCallback
 from common.policy import Severity
 
+# Size limits on what outsiders type or send (the Web UI, CLI, webhooks): a workflow's status and
+# result must stay far below Temporal's 2 MB payload limit whatever arrives (see workflows/bounds.py).
+MAX_REASON = 4000  # characters: a few KB, a paragraph
+MAX_NAME = 200  # a person, a version, a comment's author
+MAX_TEXT = 2000  # a comment, a summary
+MAX_LABELS = 32  # an alert's labels (they become evidence): 32 x 320 characters at most
+MAX_LABEL_KEY = 64
+MAX_LABEL_VALUE = 256
+Label = Annotated[str, Field(max_length=MAX_LABEL_VALUE)]
+LabelKey = Annotated[str, Field(max_length=MAX_LABEL_KEY)]
+
 
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # str_max_length: no text an outsider types can grow a workflow's status without bound.
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, str_max_length=MAX_REASON)
 
 
 class RollbackRequest(Input):
     """Fields every rollback takes."""
 
     severity: Severity = Field(description='"SEV-0" .. "SEV-4", from the runbook\'s matrix')
-    requested_by: str = Field(min_length=1, description="who asks for the rollback")
-    reason: str = Field(min_length=1, description="why, in a sentence")
+    requested_by: str = Field(min_length=1, max_length=MAX_NAME, description="who asks for the rollback")
+    reason: str = Field(min_length=1, max_length=MAX_REASON, description="why, in a sentence (at most 4000 characters)")
     dry_run: bool = Field(False, description="resolve everything, return the plan, change nothing")
     monitor_minutes: float | None = Field(
         None, gt=0, le=24 * 60, description="post-rollback monitoring window (default 30)"
@@ -93,7 +105,7 @@ class FrontendRollbackInput(RollbackRequest):
     strategy: Literal["object_versions", "release_sync"]
     to_release: str | None = Field(None, description="release_sync: the release prefix, e.g. 'v1.2.2'")
     restore_to: datetime | None = Field(None, description="object_versions: restore what was current then")
-    keys: list[str] | None = Field(None, description="object_versions: only these keys (default: all)")
+    keys: list[str] | None = Field(None, max_length=5000, description="object_versions: only these keys (default: all)")
     exact: bool = Field(False, description="object_versions: also delete objects created after restore_to")
 
     @model_validator(mode="after")
@@ -122,7 +134,7 @@ class LambdaRollbackInput(RollbackRequest):
 
     function: str | None = Field(None, min_length=1, description="catalog name of the function")
     functions: list[str] | None = Field(
-        None, description="fleet form: several catalog names rolled back together (instead of function)")
+        None, max_length=2000, description="fleet form: several catalog names rolled back together (instead of function)")
     alias: str = Field("production", min_length=1, description="the alias to move back")
     to_version: str | None = Field(
         None, description="published version to return to (one function only); default: the published "
@@ -198,7 +210,7 @@ class FeatureFlagRollbackInput(RollbackRequest):
 
     flag: str = Field(min_length=1, description="catalog name of the flag, e.g. new_feature_enabled")
     action: Literal["disable", "percentage", "kill_switch"]
-    cities: list[str] | None = Field(None, description="disable / percentage: only these cities")
+    cities: list[str] | None = Field(None, max_length=500, description="disable / percentage: only these cities")
     all_cities: bool = Field(False, description="disable: the flag off everywhere; percentage: every city")
     percentage: int | None = Field(None, ge=0, le=100, description="percentage: the rollout, 0..100")
 
@@ -241,9 +253,9 @@ class ConfigRollbackInput(RollbackRequest):
 
 
 class Decision(Input):
-    approver: str = Field(min_length=1)
-    comment: str = ""
-    reason: str = ""
+    approver: str = Field(min_length=1, max_length=MAX_NAME)
+    comment: str = Field("", max_length=MAX_TEXT)
+    reason: str = Field("", max_length=MAX_TEXT)
     # The proof (common/identity.py); a decision without one is refused and recorded.
     id_token: str | None = Field(None, max_length=MAX_TOKEN_CHARS, repr=False, description="approver's OIDC ID token")
     slack: SlackCallback | None = Field(None, repr=False, description="a signed Slack callback (the receiver sends it)")
@@ -251,18 +263,19 @@ class Decision(Input):
 
 class Escalation(Input):
     severity: Severity
-    by: str = Field(min_length=1)
-    reason: str = Field("", description="why: required for the change to count")
-    comment: str = ""
+    by: str = Field(min_length=1, max_length=MAX_NAME)
+    reason: str = Field("", max_length=MAX_TEXT, description="why: required for the change to count")
+    comment: str = Field("", max_length=MAX_TEXT)
     id_token: str | None = Field(None, max_length=MAX_TOKEN_CHARS, repr=False, description="by's OIDC ID token")
 
 
 class Evidence(Input):
     """Why someone (an alert, a check) thinks this target needs rolling back; repeats are kept."""
 
-    source: str = Field(min_length=1, description="e.g. alertmanager, grafana, auto-rollback")
-    summary: str = ""
-    labels: dict[str, str] = Field(default_factory=dict)
+    source: str = Field(min_length=1, max_length=MAX_NAME, description="e.g. alertmanager, grafana, auto-rollback")
+    summary: str = Field("", max_length=MAX_TEXT)
+    labels: dict[LabelKey, Label] = Field(default_factory=dict, max_length=MAX_LABELS,
+                                          description=f"at most {MAX_LABELS}, each value at most {MAX_LABEL_VALUE} characters")
     at: datetime | None = None
 
 
@@ -404,6 +417,16 @@ class ActionResult(BaseModel):
     at: datetime | None = None
 
 
+class Change(BaseModel):
+    """One change a rollback made to the outside world (written by workflows/changes.py)."""
+
+    what: str = Field(description="the change as the equivalent command, e.g. 'ecs update-service ...'")
+    step: str = ""
+    state: Literal["made", "failed", "in_flight"]
+    at: datetime | None = None
+    detail: str = ""
+
+
 class RollbackStatus(BaseModel):
     kind: str
     target: str
@@ -427,7 +450,11 @@ class RollbackStatus(BaseModel):
                                                                           "(the last 200; readings_dropped counts older)")
     readings_dropped: int = 0
     plan: list[str] = Field(default_factory=list)
-    evidence: list[Evidence] = Field(default_factory=list, description="alerts that asked for this rollback")
+    evidence: list[Evidence] = Field(default_factory=list, description="alerts that asked for this rollback "
+                                                                        "(the first ones; evidence_received counts all)")
+    evidence_received: int = 0
+    automatic: bool = Field(False, description="started by automation (an alert or the auto-rollback check)")
+    changes: list[Change] = Field(default_factory=list, description="every change made, in order")
     checklist: list["ChecklistItem"] = Field(default_factory=list, description="runbook: Rollback Validation Checklist")
     actions: list["ActionResult"] = Field(default_factory=list, description="runbook: Post-Rollback Actions")
     events: list[Event] = Field(default_factory=list)
@@ -436,6 +463,7 @@ class RollbackStatus(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    trimmed: dict[str, int] = Field(default_factory=dict, description="items left out to keep the status small")
 
 
 DecisionOutcome.model_rebuild()
@@ -457,9 +485,12 @@ class ServiceCheck(BaseModel):
     version: str | None = None  # the deployed version whose error rate was read
     error_rate: float | None = None
     threshold: float
-    outcome: Literal["below", "started", "joined", "handled", "not_checked", "error"]
+    # declined: automation may not act (cooldown, or it already returned the service to this version)
+    outcome: Literal["below", "started", "joined", "handled", "declined", "not_checked", "error"]
     workflow_id: str = ""
     detail: str = ""
+    decline_key: str = ""  # declined: what it is about; a decline is announced once per key
+    announced: bool = False  # declined: posted to #incidents by this check (False: an earlier one did)
 
 
 class AutoRollbackReport(BaseModel):

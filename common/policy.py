@@ -99,6 +99,11 @@ class Policy(BaseModel):
     auto_rollback_error_rate: float = Field(0.5, gt=0, description="runbook: ERROR_RATE > 0.5",
                                             json_schema_extra={"unit": "percent"})
     auto_rollback_severity: Severity = "SEV-2"
+    # Never a cascade: after an automatic rollback of a target, automation (alerts, the check) may
+    # not start another of it for this long; only a person can (common/api.py start_or_join).
+    auto_rollback_cooldown_minutes: float = Field(
+        60, ge=0, description="after an automatic rollback of a target, only a person may start another for this "
+                              "long (alerts and the auto-rollback check are declined); 0: no cooldown")
     # Reminder cadence while waiting when the matrix says "Immediate" (0) or nothing.
     min_reminder_minutes: float = Field(1, gt=0)
     standard_reminder_minutes: float = Field(60, gt=0)

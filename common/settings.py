@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     ticket_url: str | None = Field(None, alias="ROLLBACK_TICKET_URL")
     ticket_token: SecretStr | None = Field(None, alias="ROLLBACK_TICKET_TOKEN")
     pagerduty_routing_key: SecretStr | None = Field(None, alias="ROLLBACK_PAGERDUTY_ROUTING_KEY")
+    # Paged when an approval step is still undecided one response time after the primary was paged.
+    pagerduty_secondary_routing_key: SecretStr | None = Field(None, alias="ROLLBACK_PAGERDUTY_SECONDARY_ROUTING_KEY")
     pagerduty_url: str = Field("https://events.pagerduty.com/v2/enqueue", alias="ROLLBACK_PAGERDUTY_URL")
     # The alert receiver (receiver.py). Every alert request needs the token or the HMAC signature.
     receiver_host: str = Field("127.0.0.1", alias="ROLLBACK_RECEIVER_HOST")

@@ -20,7 +20,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator, Mapping
 
 import pytest
 import pytest_asyncio
@@ -79,6 +79,23 @@ class Aws:
 
 
 _issuer: SandboxIssuer | None = None  # the session's identity provider, served by the current test's endpoints
+
+
+class proven(Mapping):
+    """Start-input fields whose requester proves who they are: ``{**proven({...}), ...}`` adds a fresh ID
+    token for ``requested_by`` each time (a token carries the current test's issuer: minted when used)."""
+
+    def __init__(self, fields: dict) -> None:
+        self._fields = dict(fields)
+
+    def __getitem__(self, key: str):
+        return id_token(self._fields["requested_by"]) if key == "id_token" else self._fields[key]
+
+    def __iter__(self):
+        return iter([*self._fields, "id_token"])
+
+    def __len__(self) -> int:
+        return len(self._fields) + 1
 
 
 def slack_proof(user: str, decision: str, handle) -> dict:
@@ -225,9 +242,9 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-def in_process_worker(client: Client, catalog: RunCatalog) -> Worker:
+def in_process_worker(client: Client, catalog: RunCatalog, task_queue: str | None = None) -> Worker:
     from worker import build_worker
 
-    return build_worker(client, Settings(), catalog.path, task_queue=f"tq-{uuid.uuid4().hex[:8]}")
+    return build_worker(client, Settings(), catalog.path, task_queue=task_queue or f"tq-{uuid.uuid4().hex[:8]}")
 
 from tests.pg import pg_database, pg_database_factory  # noqa: E402,F401  (real PostgreSQL fixtures)

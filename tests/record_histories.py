@@ -100,6 +100,37 @@ async def test_record(ts_env, aws, catalog):
         await save(h, "lambda_routing_succeeded")
 
 
+async def test_record_never_worse(ts_env, aws, catalog):
+    """Runs of issue 10's rules (workflow.patched("never-worse")): resolve, lock resources and announce,
+    the change ledger, verdict tags, a cancel. Only these files are written:
+
+        .venv/bin/python -m pytest tests/record_histories.py -k never_worse
+    """
+    use_functions(catalog, {FUNCTION: catalog_entry()})
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        tq, c = worker.task_queue, ts_env.client
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api), id="replay-never-worse-service",
+                                   task_queue=tq)
+        await h.result()
+        await save(h, "never_worse_service_succeeded")
+
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, severity="SEV-1", requested_by="zoe"),
+                                   id="replay-never-worse-cancelled", task_queue=tq)
+        await wait_phase(h, "awaiting_approval")
+        await h.cancel()
+        try:
+            await h.result()
+        except Exception:  # noqa: BLE001  (a cancelled workflow's result raises)
+            pass
+        await save(h, "never_worse_service_cancelled")
+
+        h = await c.start_workflow(LambdaRollback.run, LambdaRollbackInput(
+            function=catalog.name(FUNCTION), severity="SEV-2", requested_by="dana", reason="recorded scenario"),
+            id="replay-never-worse-lambda", task_queue=tq)
+        await h.result()
+        await save(h, "never_worse_lambda_succeeded")
+
+
 async def test_record_verdicts(ts_env, aws, catalog):
     """Validation waiting for the serving version's own data (verdicts-await-evidence), after a baseline
     query error that is not kept (verdicts-unread-baseline)."""

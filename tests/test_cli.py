@@ -17,6 +17,7 @@ from typing import Callable
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.temporal_locks import lock_id
 from common.models import ServiceRollbackInput
 from sandbox import aws_env
 from tests.conftest import id_token, in_process_worker
@@ -246,10 +247,11 @@ async def test_reject_cancel_and_list(dev_env, aws, fast_catalog):
             for wf, svc in ((wid(a), a), (ui_id, b)):
                 assert all(x in row(out, wf) for x in ("service", svc, "SEV-1", "awaiting_approval", "running")), out
 
-            # the per-target lock is a workflow too, but not a rollback
-            code, out, err = await cli("status", f"rollback-lock-service-{a}", env=env)
+            # the service's resource lock is a workflow too, but not a rollback
+            lock = lock_id("ecs service rastup-prod/api-service", worker.task_queue)
+            code, out, err = await cli("status", lock, env=env)
             assert code == 2
-            assert f"workflow rollback-lock-service-{a} is not a rollback" in err
+            assert f"workflow {lock} is not a rollback" in err
 
             await login(env, "bob")
             code, out, err = await cli("reject", a, "--as", "bob", "--reason", "fix forward instead", env=env)

@@ -121,8 +121,8 @@ async def test_secret_explicit_unknown_version_changes_nothing(ts_env, aws, cata
 
 
 @pytest.mark.parametrize("target,to_version,expect", [
-    ("app-settings", "9", "configuration version 9 of rastup/production/app-settings does not exist "
-                          "(hosted versions: 2, 1)"),
+    ("app-settings", "9", "to_version '9' is not a hosted configuration version of app-settings "
+                          "(versions: 2, 1); nothing was changed"),
     ("app-settings", "2", "version 2 is already deployed to production; nothing to roll back"),
     ("app-settings", "v1", "to_version 'v1' is not an AppConfig hosted configuration version number"),
     ("nope", None, "config 'nope' is not in the catalog (known: "),

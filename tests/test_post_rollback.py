@@ -111,17 +111,23 @@ async def test_a_failing_slack_webhook_never_fails_the_rollback(ts_env, aws, cat
     assert SECRET_PATH not in result.model_dump_json()
 
 
-async def test_pagerduty_events_v2_ticket(ts_env, aws, catalog, receivers, monkeypatch):
+async def test_the_follow_up_is_a_pagerduty_change_event_never_a_page(ts_env, aws, catalog, receivers, monkeypatch):
+    # Before: a PagerDuty *trigger* (critical at SEV-3/4) after every rollback, one dedup key per service.
     ok, _ = receivers
     monkeypatch.delenv("ROLLBACK_TICKET_URL")
     monkeypatch.setenv("ROLLBACK_PAGERDUTY_ROUTING_KEY", "pd-routing-key")
     monkeypatch.setenv("ROLLBACK_PAGERDUTY_URL", ok.url + "/v2/enqueue")
     async with in_process_worker(ts_env.client, catalog) as worker:
-        result = await ts_env.client.execute_workflow(ServiceRollback.run, req(catalog), id=new_id(),
-                                                      task_queue=worker.task_queue)
-    event = ok.at("/v2/enqueue")[0].body
-    assert event["routing_key"] == "pd-routing-key" and event["event_action"] == "trigger"
-    assert event["dedup_key"] == result.workflow_id
+        result = await ts_env.client.execute_workflow(ServiceRollback.run, req(catalog, severity="SEV-3"),
+                                                      id=new_id(), task_queue=worker.task_queue)
+    assert ok.at("/v2/enqueue") == []  # no alert event at all: nobody is paged for a finished rollback
+    (change,) = ok.at("/v2/change/enqueue")
+    event = change.body
+    assert event["routing_key"] == "pd-routing-key"
+    assert "event_action" not in event and "dedup_key" not in event  # a change event, not an alert
+    assert event["payload"]["summary"] == f"service rollback of {catalog.api}: succeeded"
+    assert event["payload"]["source"] == "rollback-orchestrator" and event["payload"]["timestamp"]
+    assert event["payload"]["custom_details"]["workflow_id"] == result.workflow_id
     assert event["payload"]["custom_details"]["follow_ups"][0]["what"] == "Root cause analysis"
     assert "pd-routing-key" not in result.model_dump_json()
 

@@ -31,6 +31,7 @@ import pytest_asyncio
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.temporal_locks import lock_id
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
 from tests.conftest import binary, id_token, in_process_worker
 from tests.helpers import new_id, running_revision
@@ -105,11 +106,11 @@ async def test_on_call_engineer_rolls_back_from_the_web_ui(chromium, ui_env, aws
 
     env, base = ui_env
     wf_id = new_id("webui")
-    lock_id = f"rollback-lock-service-{fast_catalog.api}"
     payload = {"service": fast_catalog.api, "severity": "SEV-2", "requested_by": "zoe",
                "reason": "errors after v1.2.3", "monitor_minutes": 0.05}
 
     async with in_process_worker(env.client, fast_catalog) as worker, async_playwright() as pw:
+        lock = lock_id("ecs service rastup-prod/api-service", worker.task_queue)  # the service's resource lock
         browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(STEP_MS)
@@ -197,10 +198,10 @@ async def test_on_call_engineer_rolls_back_from_the_web_ui(chromium, ui_env, aws
                 except AssertionError:
                     pass
             await expect(row).to_be_visible()
-            await expect(page.get_by_role("link", name=lock_id, exact=True)).to_have_count(0)
+            await expect(page.get_by_role("link", name=lock, exact=True)).to_have_count(0)
             # ... which really filters: unfiltered, the list also has the rollback's lock workflow
             await page.goto(f"{base}/namespaces/default/workflows", wait_until="load")
-            await expect(page.get_by_role("link", name=lock_id, exact=True)).to_be_visible()
+            await expect(page.get_by_role("link", name=lock, exact=True)).to_be_visible()
         except BaseException as e:
             shot = tmp_path / "web-ui-failure.png"
             try:

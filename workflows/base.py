@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.identity import IdentityActivities
     from activities.incidents import IncidentActivities, IncidentNote
     from activities.notify import Notification, NotifyActivities
-    from activities.temporal_locks import LockActivities, LockHolder, LockRequest
+    from activities.temporal_locks import LockActivities, LockHolder, LockRequest, LocksRequest, LocksResult
     from common.catalog import Catalog, UnknownTarget
     from common.identity import (
         Action, ProofCheck, ProofRecord, SeverityChange, SlackCallback, Verified, Vouch, lowers_the_bar,
@@ -31,15 +31,21 @@ with workflow.unsafe.imports_passed_through():
     )
     from common.policy import ROLE_LABEL
     from common.temporal import KIND, PHASE, SEVERITY, TARGET
+    from workflows import bounds, changes
+    from workflows.changes import Ledger
     from workflows.checklist import evaluate as evaluate_checklist
     from workflows.gate import ApprovalGate, ExtraRequirement, severity_approvers
-    from workflows.options import NOTIFY, VERIFY, call
+    from workflows.options import BATCH, NOTIFY, VERIFY, call
+    from workflows.pages import Pager
     from workflows.report import render_report, render_summary
     from workflows.timeline import Refused, StepFailed, Timeline, innermost_message as _innermost
     from workflows import telemetry
     from workflows.verdicts import PATCH as VERDICTS, blocking
 
 APPROVAL = "Approval"
+# The rules of issue 10 ("never worse"): resolve before announcing or locking, resource locks,
+# a ledger of changes, cancel always wins, pages. Runs started before it replay as they ran.
+NEVER_WORSE = "never-worse"
 # Decisions and requester privileges count only with a verified proof (common/identity.py). Runs
 # recorded before this replay as they ran: names counted as typed.
 IDENTITY_PATCH = "identity-proofs"
@@ -54,13 +60,19 @@ class RollbackWorkflow:
     """Base class. Guarantees, for every procedure:
 
     - nothing changes before the approvals the policy requires are in;
-    - two rollbacks of the same target never act at once (the later one is refused);
-    - every step is visible in ``status`` as it happens, and the phase is a search attribute;
-    - cancelling stops further changes and records the state reached.
+    - two rollbacks that would touch the same resource never act at once (the later one is refused,
+      naming the running one);
+    - nothing is announced or locked before the request is resolved (``begin``): a request that
+      fails there announces nothing;
+    - every step and every change is visible in ``status`` as it happens, and the phase is a
+      search attribute;
+    - a cancel always wins: no change starts after it, and the status says what was changed
+      before it (workflows/changes.py).
     """
 
     kind = "rollback"
     customer_facing = False  # procedures set it from their catalog entry (status page updates)
+    rehearsal_steps: tuple[str, ...] = ()  # steps whose changes customers never see (e.g. staging)
 
     def __init__(self) -> None:
         self._status: RollbackStatus | None = None
@@ -70,7 +82,11 @@ class RollbackWorkflow:
         self._early: list[tuple[str, Decision, Verified | None]] = []
         self._early_escalations: list[Escalation] = []
         self._early_evidence: list[Evidence] = []
+        self._early_evidence_count = 0
         self._lock_ids: list[str] = []  # usually one; a fleet rollback also locks each member
+        self.ledger: Ledger | None = None  # the changes made; None when replaying a run from before it
+        self.pager: Pager | None = None
+        self._begun = False  # resolved, locked and announced
         self._requester: ProofRecord | None = None  # how requested_by was proven (None: not, no privilege)
         # Decisions are verified concurrently but applied one at a time in the order they arrived.
         self._tickets, self._turn = 0, 0
@@ -87,7 +103,7 @@ class RollbackWorkflow:
     @workflow.query
     def status(self) -> RollbackStatus | None:
         """Where the rollback stands: phase, versions, approvals, steps, checks."""
-        return self._status
+        return bounds.fit(self._status) if self._status is not None else None
 
     @workflow.signal
     async def approve(self, decision: Decision) -> None:
@@ -115,8 +131,13 @@ class RollbackWorkflow:
     def add_evidence(self, e: Evidence) -> None:
         """An alert (or a repeat of one) about this target: kept in the status, changes nothing."""
         if self._status is None:
-            self._early_evidence.append(e)
+            if len(self._early_evidence) < bounds.MAX_EVIDENCE:
+                self._early_evidence.append(e)
+            self._early_evidence_count += 1
             return
+        self.s.evidence_received += 1
+        if len(self.s.evidence) >= bounds.MAX_EVIDENCE:
+            return  # an alert storm: the first ones are kept verbatim, the rest counted
         self.s.evidence.append(e)
         self._event(f"evidence from {e.source}: {e.summary}" if e.summary else f"evidence from {e.source}")
         self._publish()
@@ -308,12 +329,16 @@ class RollbackWorkflow:
 
     async def conduct(self, request: RollbackRequest, target: str, steps: list[str],
                       execute: Callable[[], Awaitable[None]]) -> RollbackStatus:
+        never_worse = workflow.patched(NEVER_WORSE)  # before the first command
         info = workflow.info()
         self._uses_proofs()  # decided once, at the start (replay: runs recorded before proofs stay as they were)
         self._status = RollbackStatus(
             kind=self.kind, target=target, severity=request.severity, requested_by=request.requested_by,
             reason=request.reason, dry_run=request.dry_run, workflow_id=info.workflow_id,
-            started_at=workflow.now())
+            started_at=workflow.now(), automatic=bool(workflow.memo_value("automatic", False)))
+        if never_worse:
+            self.ledger = Ledger(self.s)
+            self.pager = Pager(self)
         self.timeline = Timeline(self.s, steps + ["Report"])
         workflow.upsert_search_attributes([
             KIND.value_set(self.kind), TARGET.value_set(target), SEVERITY.value_set(request.severity),
@@ -327,33 +352,98 @@ class RollbackWorkflow:
             self._escalate_as_typed(e)
         for ev in self._early_evidence:
             self.add_evidence(ev)
+        self.s.evidence_received += self._early_evidence_count - len(self._early_evidence)
         try:
             self.catalog = await call(CatalogActivities.load_catalog)
             await self._prove_requester(request)
-            if not request.dry_run:
+            if self.ledger is None and not request.dry_run:  # a run from before begin(): as it ran then
                 if not await self._acquire_lock(target):
                     return await self._wrap_up(Phase.refused)
-                await self._act("post start to #incidents", self._post_incidents(
-                    f"ROLLBACK STARTED: {self.kind} {target} ({request.severity}) by {request.requested_by}: "
-                    f"{request.reason}. Workflow: {info.workflow_id}"))
+                await self._announce_start()
             await execute()
-            return await self._wrap_up(Phase.planned if request.dry_run else Phase.succeeded)
+            if changes.cancel_wins():  # a cancel that something swallowed still wins
+                raise asyncio.CancelledError("cancel requested")
+            return bounds.fit(await self._wrap_up(Phase.planned if request.dry_run else Phase.succeeded))
         except GateClosed:
-            return await self._wrap_up(self.s.phase)
+            return bounds.fit(await self._wrap_up(self.s.phase))
         except Refused as e:
             self.s.message = f"refused: {e}"
-            return await self._wrap_up(Phase.refused)
+            return bounds.fit(await self._wrap_up(Phase.refused))
         except asyncio.CancelledError:
-            self.s.message = (f"cancelled during {self.s.phase.value}; no further changes were made. "
-                              f"State reached: {self._state_reached()}")
-            await self._wrap_up(Phase.cancelled)
+            await self._wrap_up_cancelled()
             raise
         except (StepFailed, UnknownTarget, FailureError) as e:
-            self.s.message = _innermost(e)
+            if changes.cancel_wins():
+                await self._wrap_up_cancelled()
+                raise asyncio.CancelledError("cancel requested") from None
+            self.s.message = self._failure_message(e)
             await self._wrap_up(Phase.failed)
             raise ApplicationError(self.s.message, type=type(e).__name__, non_retryable=True) from None
         finally:
             await self._release_lock()
+
+    async def begin(self, resources: list[str]) -> None:
+        """The request is resolved (catalog entry, target version, plan): take the lock of every
+        resource it will touch (all or nothing; Refused naming the running rollback if one is in
+        use), then announce it in #incidents. Procedures call it before their first change or
+        approval step, so a request that fails to resolve locks and announces nothing."""
+        if self.ledger is None or self._begun:
+            return  # a run from before begin(): conduct locked and announced at the start
+        info = workflow.info()
+        result: LocksResult = await call(LockActivities.acquire_locks, LocksRequest(
+            resources=resources, holder=LockHolder(
+                workflow_id=info.workflow_id, run_id=info.run_id,
+                description=f"{self.kind} rollback of {self.s.target} by {self.s.requested_by}")), options=BATCH)
+        if not result.acquired:
+            h = result.holder
+            who = f"workflow {h.workflow_id} ({h.description})" if h else "another rollback"
+            raise Refused(f"{result.resource} is in use by {who}. Follow or cancel that one "
+                          f"('starter.py status {h.workflow_id if h else '<id>'}'); two rollbacks never act on "
+                          "one resource at once. Nothing was changed")
+        self._lock_ids = result.lock_ids
+        self.s.extra["locked"] = resources
+        self._begun = True
+        await self._announce_start()
+
+    async def _announce_start(self) -> None:
+        await self._act("post start to #incidents", self._post_incidents(
+            f"ROLLBACK STARTED: {self.kind} {self.s.target} ({self.s.severity}) by {self.s.requested_by}: "
+            f"{self.s.reason}. Workflow: {self.s.workflow_id}"))
+
+    async def _wrap_up_cancelled(self) -> None:
+        if self.ledger is None:
+            self.s.message = (f"cancelled during {self.s.phase.value}; no further changes were made. "
+                              f"State reached: {self._state_reached()}")
+        else:
+            left = [st.name for st in self.s.steps if st.state.value in ("pending", "running", "cancelled")
+                    and st.name != "Report"]
+            self.s.message = (f"cancelled during {self.s.phase.value}; no further changes were made. "
+                              f"Changes made before the cancel: {self.ledger.describe()}. "
+                              f"Steps: {self._state_reached()}; not done: {', '.join(left) or 'nothing'}")
+        await self._wrap_up(Phase.cancelled)
+
+    def _failure_message(self, e: BaseException) -> str:
+        """What failed and, after a change, the state it left and how to return to a clean one."""
+        message = _innermost(e)
+        if self.ledger is None or not self.ledger.made:
+            return message + ("" if self.ledger is None or "nothing was changed" in message
+                              else "; nothing was changed")
+        state, clean = self.left_behind()
+        return (f"{message}. State left: {state + '; ' if state else ''}changes made: {self.ledger.describe()}. "
+                f"To return to a clean state: {clean}")
+
+    def left_behind(self) -> tuple[str, str]:
+        """After a failure that followed a change: the state it left (traffic weights, which side runs
+        what, what was copied) and the command or rollback that returns to a clean state. Procedures
+        say it precisely; this is the general answer."""
+        return "", (f"the changes listed are the only ones made ('starter.py status {self.s.workflow_id}'): fix "
+                    "the cause and start the rollback again, or start one to the version you want")
+
+    def starter(self, target: str, *options: str) -> str:
+        """A ``starter.py start`` command that works as printed (for the hints of ``left_behind``)."""
+        kind = "" if self.kind == "service" else f" --kind {self.kind}"
+        return (f"starter.py start {target}{kind} --severity {self.s.severity} --requested-by {self.s.requested_by} "
+                f"--reason 'undo {self.s.workflow_id}'" + "".join(f" {o}" for o in options))
 
     async def _wrap_up(self, phase: Phase) -> RollbackStatus:
         """The end of every rollback: the validation checklist, the post-rollback actions, the report."""
@@ -367,10 +457,11 @@ class RollbackWorkflow:
             now = workflow.now()
             report.state, report.started_at, report.ended_at = report.state.succeeded, now, now
         self.s.checklist = evaluate_checklist(self.s)
-        self.s.report = render_report(self.s)
-        if not self.s.dry_run:
+        self.s.report = bounds.report(render_report(self.s))
+        announced = self.ledger is None or self._begun  # a request that never resolved announces nothing
+        if not self.s.dry_run and announced:
             await self._post_rollback_actions(phase)
-            self.s.report = render_report(self.s)  # now with the actions' outcomes
+            self.s.report = bounds.report(render_report(self.s))  # now with the actions' outcomes
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)  # every decision answered and recorded
         return self.s
@@ -388,23 +479,35 @@ class RollbackWorkflow:
             return  # nothing was changed: no incident to open or announce
         note = IncidentNote(workflow_id=self.s.workflow_id, title=title, outcome=phase.value,
                             severity=self.s.severity, body=self.s.report, at=workflow.now())
-        if self.customer_facing:
-            await self._act("update status page", call(IncidentActivities.update_status_page, note, options=NOTIFY))
-        else:
+        if not self.customer_facing:
             self._record_action("update status page", "skipped", f"{self.s.target} is not customer-facing")
+        elif self.ledger is not None and not [c for c in self.ledger.made if c.step not in self.rehearsal_steps]:
+            # customers hear only of real changes
+            self._record_action("update status page", "skipped", "no change was made")
+        else:
+            await self._act("update status page", call(IncidentActivities.update_status_page, note, options=NOTIFY))
         await self._act("create incident ticket", call(IncidentActivities.create_ticket, note, options=NOTIFY))
 
     def _post_incidents(self, text: str) -> Awaitable[str]:
         return call(NotifyActivities.notify, Notification(text=text, workflow_id=self.s.workflow_id), options=NOTIFY)
 
-    async def _act(self, action: str, outcome: Awaitable[str]) -> None:
+    async def _act(self, action: str, outcome: Awaitable[str]) -> bool:
+        """A post-rollback action or announcement: recorded; a failure never fails the rollback."""
         try:
             detail = await outcome
+        except asyncio.CancelledError:
+            if self.s.phase not in FINAL_PHASES:
+                raise  # the cancel wins
+            # it arrived while the outcome of an ended rollback was being posted: that outcome stands
+            self._record_action(action, "failed", "interrupted by a cancel that arrived after the rollback ended")
+            return False
         except FailureError as e:
             self._record_action(action, "failed", _innermost(e))
             self._event(f"{action} failed: {_innermost(e)}")
-            return
-        self._record_action(action, "not_configured" if detail == "not configured" else "done", detail)
+            return False
+        configured = not detail.startswith("not configured")
+        self._record_action(action, "done" if configured else "not_configured", detail)
+        return configured
 
     def _record_action(self, action: str, state: str, detail: str) -> None:
         self.s.actions.append(ActionResult(action=action, state=state, detail=detail, at=workflow.now()))
@@ -437,7 +540,7 @@ class RollbackWorkflow:
             self.timeline.event(what)
 
     def _publish(self) -> None:
-        workflow.set_current_details(render_summary(self.s))
+        workflow.set_current_details(bounds.text(render_summary(self.s), bounds.MAX_DETAILS))
 
     async def _notify(self, text: str) -> None:
         """Best effort: a failed notification is recorded, never fails the rollback."""
@@ -472,7 +575,12 @@ class RollbackWorkflow:
                         f"{context}. Waiting for {self.gate.waiting_for()}. Workflow: {self.s.workflow_id}")
                 await (self._ask(text) if self._uses_proofs() else self._notify(text))
             waited_from = workflow.now()
-            outcome = await self.gate.wait(remind=self._remind)
+            outcome = "cancelled"
+            try:
+                outcome = await self.gate.wait(remind=self._remind)
+            finally:
+                if self.pager is not None and self.pager.paged:
+                    await self.pager.decided(outcome)
             telemetry.seconds(telemetry.APPROVAL_WAIT, workflow.now() - waited_from, kind=self.kind)
             if outcome == "approved":
                 st.detail = "approved by " + ", ".join(r.approver for r in self.gate.view.received)
@@ -504,6 +612,8 @@ class RollbackWorkflow:
         self._event(f"reminder sent: {what}")
         await self._notify(f"REMINDER: {self.kind} rollback of {self.s.target} ({self.s.severity}) is "
                            f"{what}. Workflow: {self.s.workflow_id}")
+        if self.pager is not None:
+            await self.pager.response_time_passed(what.removeprefix("waiting for "))
 
     async def _acquire_lock(self, target: str) -> bool:
         """Take the lock of ``target`` (released when the rollback ends); False and a message if held."""
@@ -523,6 +633,11 @@ class RollbackWorkflow:
         return False
 
     async def _release_lock(self) -> None:
+        if self.ledger is not None:
+            if self._lock_ids:
+                await call(LockActivities.release_locks, self._lock_ids, options=BATCH)
+                self._lock_ids = []
+            return
         while self._lock_ids:
             lock_id = self._lock_ids.pop()
             try:

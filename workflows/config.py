@@ -17,7 +17,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.secrets import MoveCurrent, SecretStageActivities, SecretStages
     from common.catalog import AppConfigTarget, SecretTarget
     from common.models import CheckResult, ConfigRollbackInput, Phase, RollbackStatus
+    from activities.known_good import Place, choose
+    from workflows import lock
     from workflows.affected import STEPS as AFFECTED, validate_affected
+    from workflows.known_good import refuse_automation, remember
     from workflows.base import RollbackWorkflow
     from workflows.options import call
     from workflows.timeline import StepFailed, Timeline
@@ -63,6 +66,7 @@ class ConfigRollback(RollbackWorkflow):
     @workflow.run
     async def run(self, request: ConfigRollbackInput) -> RollbackStatus:
         self.request = request
+        self.why = ""  # how the default target was chosen, when rollbacks' verdicts played a part
         return await self.conduct(request, request.target, [IDENTIFY, APPROVAL, "Roll back", "Verify"],
                                   self.execute)
 
@@ -75,6 +79,15 @@ class ConfigRollback(RollbackWorkflow):
             await self._appconfig(target)
         else:
             await self._secret(target)
+
+    def left_behind(self) -> tuple[str, str]:
+        back = self.starter(self.request.target, f"--to-version {self.s.from_version}")
+        if "secret_versions" in self.s.extra:
+            return (f"AWSCURRENT on {self.s.to_version}",
+                    f"to put AWSCURRENT back on {self.s.from_version}: {back} (it redeploys the consumers too)")
+        return (f"deployment {self.s.extra.get('deployment', '?')} of version {self.s.to_version} "
+                f"({self.s.extra.get('deployment_state', 'started')})",
+                f"to deploy version {self.s.from_version} again: {back}")
 
     def _dry_run(self, steps: list[str]) -> bool:
         if not self.request.dry_run:
@@ -101,6 +114,7 @@ class ConfigRollback(RollbackWorkflow):
             current = history.current
             if current is None:
                 raise StepFailed(f"nothing is deployed from {r.profile} to {r.environment}; nothing to roll back")
+            refuse_automation(self, f"version {current.version}", history.verdicts.get(current.version))
             version = await self._target_version(r, history, current)
             hosted: HostedVersion = await call(AppConfigActivities.hosted_version, VersionRef(resolved=r,
                                                                                               version=version))
@@ -109,7 +123,7 @@ class ConfigRollback(RollbackWorkflow):
                                 target_sha256=hosted.sha256)
             st.detail = (f"{r.where}: deployment {current.number} serves version {current.version}; target: "
                          f"version {version}" + (" (to_version)" if req.to_version else
-                                                 " (the version deployed before it)"))
+                                                 f": {self.why}" if self.why else " (the version deployed before it)"))
         self.s.plan = [
             f"approval: {self.catalog.policy.rule(self.s.severity).approvals} x "
             f"{self.catalog.policy.rule(self.s.severity).approver_role} ({self.s.severity})",
@@ -120,6 +134,7 @@ class ConfigRollback(RollbackWorkflow):
         ]
         if self._dry_run(STEPS["appconfig"]):
             return
+        await self.begin([lock.appconfig_profile(target.application, target.environment, target.profile)])
 
         await self.approval(context=f"redeploy {r.where} at version {version} (now {current.version})")
         self.set_phase(Phase.rolling_back)
@@ -137,6 +152,8 @@ class ConfigRollback(RollbackWorkflow):
             self.s.extra["deployment"] = d.number
             d = await self._follow(r, d)
             st.detail = f"deployment {d.number} of version {d.version}: {d.state}"
+        place = lambda v: Place(kind="appconfig", name=history.profile_arn, version=str(v))  # noqa: E731
+        await remember(self, (place(current.version), "bad"), (place(version), "restored"))
 
         self.set_phase(Phase.validating)
         async with tl.step(VERIFY_DEPLOYED) as st:
@@ -165,6 +182,7 @@ class ConfigRollback(RollbackWorkflow):
         await validate_affected(self, f"configuration {req.target}", target.services, target.metrics,
                                 current.started_at, f"the deployment of version {current.version}",
                                 req.monitor_minutes)
+        await remember(self, (place(version), "good"))
         self.s.message = f"{r.where} rolled back from version {current.version} to {version}"
 
     async def _target_version(self, r: Resolved, history: History, current: Deployment) -> int:
@@ -176,15 +194,26 @@ class ConfigRollback(RollbackWorkflow):
             if self.request.to_version == current.version:
                 raise StepFailed(f"version {current.version} is already deployed to {r.environment}; nothing to "
                                  "roll back")
+            if self.ledger is not None:  # a typo fails here, naming the field (runs from before: at the read)
+                versions: list[int] = await call(AppConfigActivities.hosted_versions, r)
+                if int(self.request.to_version) not in versions:
+                    raise StepFailed(f"to_version {self.request.to_version!r} is not a hosted configuration version "
+                                     f"of {r.profile} (versions: {', '.join(map(str, versions)) or 'none'}); "
+                                     "nothing was changed")
             return int(self.request.to_version)
-        earlier = next((d for d in history.deployments
-                        if d.number < current.number and d.state == "COMPLETE" and d.version != current.version), None)
-        if earlier is None:
+        earlier = list(dict.fromkeys(d.version for d in history.deployments
+                                     if d.number < current.number and d.state == "COMPLETE"
+                                     and d.version != current.version))
+        choice = choose(earlier, history.verdicts, label=lambda v: f"version {v}")
+        if choice is None:
             versions: list[int] = await call(AppConfigActivities.hosted_versions, r)
-            raise StepFailed(f"no earlier deployment of {r.profile} to {r.environment} than version {current.version}; "
-                             f"give to_version (hosted versions: {', '.join(map(str, versions)) or 'none'}); "
+            bad = " (the earlier ones were all left as bad by rollbacks)" if earlier else ""
+            raise StepFailed(f"no earlier deployment of {r.profile} to {r.environment} than version {current.version}"
+                             f"{bad}; give to_version (hosted versions: {', '.join(map(str, versions)) or 'none'}); "
                              "nothing was changed")
-        return int(earlier.version)
+        if any(v in history.verdicts for v in earlier):
+            self.why = choice.why
+        return int(choice.version)
 
     async def _follow(self, r: Resolved, d: Deployment) -> Deployment:
         policy = self.catalog.policy  # type: ignore[union-attr]
@@ -216,6 +245,9 @@ class ConfigRollback(RollbackWorkflow):
             if current is None:
                 raise StepFailed(f"secret {sid} has no AWSCURRENT version; nothing to roll back")
             known = [v.version_id for v in before.versions]
+            verdicts = {v.version_id: v.verdict for v in before.versions if v.verdict}
+            refuse_automation(self, f"version {current}", verdicts.get(current))
+            why = ""
             if req.to_version is not None:
                 if req.to_version not in known:
                     raise StepFailed(f"to_version {req.to_version!r} is not a version of secret {sid} (versions: "
@@ -226,12 +258,18 @@ class ConfigRollback(RollbackWorkflow):
             elif before.previous is None or before.previous == current:
                 raise StepFailed(f"secret {sid} has no AWSPREVIOUS version to go back to; give to_version "
                                  f"(versions: {', '.join(known)}); nothing was changed")
-            else:
-                previous = before.previous
+            else:  # AWSPREVIOUS, unless a rollback left it as bad: then the newest other version not bad
+                others = [before.previous] + [v for v in known if v not in (current, before.previous)]
+                choice = choose(others, verdicts, label=lambda v: f"version {v}")
+                if choice is None:
+                    raise StepFailed(f"every earlier version of secret {sid} was left as bad by a rollback; give "
+                                     f"to_version (versions: {', '.join(known)}); nothing was changed")
+                previous = choice.version
+                why = choice.why if any(v in verdicts for v in others) else ""
             self.s.from_version, self.s.to_version = current, previous
             self.s.extra["secret_versions"] = [v.model_dump(mode="json") for v in before.versions]
             st.detail = (f"{sid}: AWSCURRENT on {current}; target {previous}"
-                         + (" (to_version)" if req.to_version else " (AWSPREVIOUS)"))
+                         + (" (to_version)" if req.to_version else f": {why}" if why else " (AWSPREVIOUS)"))
         consumers = target.consumers
         self.s.plan = [
             f"approval: {self.catalog.policy.rule(self.s.severity).approvals} x "
@@ -245,6 +283,7 @@ class ConfigRollback(RollbackWorkflow):
         ]
         if self._dry_run(STEPS["secret"]):
             return
+        await self.begin([lock.secret(sid), *(lock.ecs_service(c) for c in consumers)])
 
         await self.approval(context=f"move AWSCURRENT of {sid} from {current} back to {previous}")
         self.set_phase(Phase.rolling_back)
@@ -252,6 +291,8 @@ class ConfigRollback(RollbackWorkflow):
             moved: bool = await call(SecretStageActivities.move_current, MoveCurrent(
                 secret_id=sid, from_version=current, to_version=previous))
             st.detail = f"AWSCURRENT: {current} -> {previous}" + ("" if moved else " (it already was)")
+        await remember(self, (Place(kind="secret", name=sid, version=current), "bad"),
+                       (Place(kind="secret", name=sid, version=previous), "restored"))
 
         self.set_phase(Phase.validating)
         async with tl.step(VERIFY_STAGES) as st:
@@ -268,6 +309,7 @@ class ConfigRollback(RollbackWorkflow):
                 raise StepFailed("verification failed: " + "; ".join(f"{c.name}: {c.detail}, expected "
                                                                      f"{c.baseline}" for c in failed))
             st.detail = f"AWSCURRENT on {previous}, AWSPREVIOUS on {current} (read three ways)"
+        await remember(self, (Place(kind="secret", name=sid, version=previous), "good"))
 
         if not consumers:
             tl.skip(REDEPLOY, "the catalog lists no consumers")

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from common.catalog import Database, Endpoints, IntegrityCheck
     from common.models import CheckResult, DatabaseRollbackInput, Phase, RollbackStatus, ServiceRollbackInput
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.checks import endpoint_probes, http_checks
     from workflows.gate import ExtraRequirement
     from workflows.options import RETRY, call
@@ -117,6 +118,7 @@ class DatabaseRollback(RollbackWorkflow):
                 tl.skip(name, "dry run")
             self.s.message = "dry run: nothing was changed"
             return
+        await self.begin(self._resources(db))
 
         await self.approval(context=f"roll back {len(plan.to_undo)} migration(s) of {req.database}: "
                                     f"{current} -> {plan.expected_version or '(none)'}")
@@ -171,6 +173,7 @@ class DatabaseRollback(RollbackWorkflow):
             raise StepFailed(f"database {self.request.database!r} has no app_service in the catalog; "
                              "post_migration needs to know which service to roll back first")
         child_id = f"rollback-service-{db.app_service}"
+        await self.begin(self._resources(db))  # the child locks the service it rolls back
         async with self.timeline.step(APP) as st:
             self.s.extra["application_rollback"] = child_id
             st.detail = f"child workflow {child_id}: approve it there"
@@ -228,6 +231,7 @@ class DatabaseRollback(RollbackWorkflow):
                 tl.skip(name, "dry run")
             self.s.message = "dry run: nothing was changed"
             return
+        await self.begin([*self._resources(db), lock.rds_instance(new_id), *cutover_resources(db)])
 
         await self.approval(
             context=(f"RESTORE {db.rds_instance} from snapshot {snap.id} taken {snap.created:%Y-%m-%d %H:%M:%S} UTC "
@@ -253,6 +257,28 @@ class DatabaseRollback(RollbackWorkflow):
         await self._smoke(db, SMOKE)
         self.s.message = (f"{req.database} now served by {new_id} (restored from {snap.id}); "
                           f"{db.rds_instance} was left untouched")
+
+    def left_behind(self) -> tuple[str, str]:
+        req = self.request
+        if req.mode != "snapshot_restore":
+            return (f"the migration command ran (the database was at {self.s.from_version})",
+                    f"the application's own upgrade returns the schema to {self.s.from_version} "
+                    "(e.g. alembic upgrade <revision>); see the command's output in status.extra")
+        new = self.s.extra.get("new_instance", "?")
+        cut = self.timeline.get(CUTOVER).state.value if self.timeline else "pending"  # type: ignore[union-attr]
+        db = self.catalog.database(req.database) if self.catalog else None
+        if cut == "pending":
+            return (f"new instance {new} created; the application still uses {self.s.from_version}, which was "
+                    "never modified", f"nothing serves from {new}: delete it when it is no longer needed "
+                    f"(aws rds delete-db-instance --db-instance-identifier {new} --skip-final-snapshot)")
+        how = (f"the secret {db.cutover.secret_id}" if db and db.cutover and db.cutover.kind == "secret"
+               else "the DNS record")
+        return (f"the application was pointed at {new} ({how}); {self.s.from_version} was never modified",
+                f"point {how} back at {self.s.from_version} (its endpoint is unchanged) and redeploy the "
+                "application, then delete " + new + " when it is no longer needed")
+
+    def _resources(self, db: Database) -> list[str]:
+        return [lock.database(self.request.database)] + ([lock.rds_instance(db.rds_instance)] if db.rds_instance else [])
 
     async def _wait_available(self, instance_id: str) -> Instance:
         policy = self.catalog.policy  # type: ignore[union-attr]
@@ -307,6 +333,16 @@ class DatabaseRollback(RollbackWorkflow):
             if failed:
                 raise StepFailed("smoke checks failed: " + "; ".join(f"{r.name}: {r.detail}" for r in failed))
             st.detail = f"{len(results)} smoke check(s) passed"
+
+
+def cutover_resources(db: Database) -> list[str]:
+    """What pointing the application at the restored instance touches."""
+    c = db.cutover
+    if c is None:
+        return []
+    if c.kind == "route53":
+        return [lock.dns_record(c.hosted_zone_id or "", c.record_name or "")]
+    return [lock.secret(c.secret_id or ""), *(lock.ecs_service(s) for s in c.restart_services)]
 
 
 def choose_snapshot(snaps: list[Snapshot], instance: str, snapshot_id: str | None, before: datetime,

@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
                                Requirement, RollbackStatus)
     from workflows.affected import STEPS as AFFECTED, validate_affected
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.config import run_token
     from workflows.options import call
     from workflows.timeline import StepFailed
@@ -80,6 +81,7 @@ class FeatureFlagRollback(RollbackWorkflow):
             self.s.message = "dry run: nothing was changed; the plan lists what a real run would do"
             return
 
+        await self.begin([lock.flag_store(ref.store)])
         await self._approve(ref, before, expected)
         self.set_phase(Phase.rolling_back)
         if workflow.now() > read_at:  # the approval took a while: change what is deployed now
@@ -123,6 +125,15 @@ class FeatureFlagRollback(RollbackWorkflow):
                           f"{self.s.extra['seconds_to_verified']:g} s after the start"
                           + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
                              if self.s.regressions else ""))
+
+    def left_behind(self) -> tuple[str, str]:
+        before = self.s.extra.get("revision_before")
+        written = self.s.extra.get("revision_written")
+        rollout = self.s.extra.get("rollout") or {}
+        state = (f"flag store revision {written} written" + (f", its deployment {rollout.get('state')}" if rollout else
+                                                             ", not deployed") if written else "")
+        return state, (f"revision {before} is the flag as it was: start a flag rollback with the values it had "
+                       f"({self.s.from_version}), or redeploy revision {before} in the store")
 
     # --- steps -------------------------------------------------------------------------
 

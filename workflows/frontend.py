@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from common.catalog import Site
     from common.models import CheckResult, FrontendRollbackInput, Phase, RollbackStatus
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.checks import endpoint_probes, http_checks, metric_checks
     from workflows.verdicts import PATCH, Verdicts, baseline_ref, blocking
     from workflows.options import LONG, call
@@ -82,6 +83,7 @@ class FrontendRollback(RollbackWorkflow):
             self.s.message = "dry run: nothing was changed"
             return
 
+        await self.begin([lock.bucket(site.bucket)])
         await self.approval(context=f"frontend {req.site}: {self.s.plan[0]} in s3://{site.bucket} "
                                     f"({'sync from ' + str(req.to_release) if sync else self.s.to_version})")
         self.set_phase(Phase.rolling_back)
@@ -121,6 +123,17 @@ class FrontendRollback(RollbackWorkflow):
             st.detail = await self.monitor(req.monitor_minutes or policy.monitor_minutes,
                                            policy.monitor_interval_minutes, lambda: self._checks(site))
         self.s.message = f"site {req.site} restored ({self.s.to_version})"
+
+    def left_behind(self) -> tuple[str, str]:
+        site = self.request.site
+        applied = self.s.extra.get("applied")
+        state = (f"{applied['copied']} object(s) copied and {applied['deleted']} deleted in the live bucket"
+                 if applied else "the copy stopped partway: some objects are restored, others not")
+        before = self.s.started_at
+        undo = self.starter(site, "--set strategy=object_versions", f"--set restore_to={before:%Y-%m-%dT%H:%M:%SZ}",
+                            "--set exact=true") if before else "an object_versions rollback to before this one"
+        return state, (f"the bucket is versioned: every object goes back to how it was before this rollback with "
+                       f"{undo}; or fix the cause and start this rollback again (copies already made are skipped)")
 
     async def _wait_invalidation(self, ref: InvalidationRef) -> None:
         policy = self.catalog.policy  # type: ignore[union-attr]

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from common.catalog import Endpoints, Stack
     from common.models import CheckResult, InfraRollbackInput, Phase, RollbackStatus
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.checks import endpoint_probes, http_checks
     from workflows.gate import ExtraRequirement
     from workflows.options import RETRY, call
@@ -109,6 +110,7 @@ class InfraRollback(RollbackWorkflow):
             self.s.message = f"dry run: planned {plan.counts}; nothing was applied"
             return
 
+        await self.begin([lock.stack(stack.repository, stack.directory)])
         applied: Applied | None = None
         if plan.has_changes:
             await self._approve(stack, head.short, target.short, plan)
@@ -130,6 +132,12 @@ class InfraRollback(RollbackWorkflow):
                                                lambda: self._checks(stack, co))
         self.s.message = (f"stack {req.stack} rolled back to {target}: {plan.counts}" if applied else
                           f"stack {req.stack} already matches {target}: nothing was applied")
+
+    def left_behind(self) -> tuple[str, str]:
+        return ("the plan was applied (or partly: terraform stops at the first error); the state file says what "
+                "exists", f"to return the stack to {self.s.from_version}: "
+                + self.starter(self.request.stack, f"--set to_commit={self.s.from_version}")
+                + " (its plan shows what it changes, before approval)")
 
     async def _approve(self, stack: Stack, head: str, target: str, plan: PlanSummary) -> None:
         assert self.catalog is not None

@@ -15,9 +15,12 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from activities.lambda_fn import (AliasState, AliasTarget, FunctionRef, FunctionVersion, Invocation,
                                       InvokeResult, LambdaActivities)
+    from activities.known_good import Place, Verdict, choose, describe
     from common.catalog import LambdaFunction
     from common.models import CheckResult, LambdaRollbackInput, Phase, RollbackStatus
     from workflows.base import RollbackWorkflow
+    from workflows import lock
+    from workflows.known_good import refuse_automation, remember
     from workflows.checks import metric_checks
     from workflows.verdicts import PATCH, Verdicts, baseline_ref
     from workflows.options import QUICK, call
@@ -42,6 +45,7 @@ class Move:
     before: AliasState
     target: str
     published: list[str]  # oldest first
+    why: str = ""  # how the target was chosen, when rollbacks' verdicts played a part
 
     @property
     def where(self) -> str:
@@ -76,7 +80,7 @@ class LambdaRollback(RollbackWorkflow):
         assert self.catalog is not None and self.timeline is not None
         entries = {n: self.catalog.function(n) for n in req.names}
         policy = self.catalog.policy
-        if self.fleet and not req.dry_run:
+        if self.fleet and not req.dry_run and self.ledger is None:  # a run from before begin()
             for name in sorted(req.names):  # the fleet's own lock is taken; now each member's
                 if not await self._acquire_lock(name):
                     raise Refused(self.s.message.removeprefix("refused: "))
@@ -93,6 +97,7 @@ class LambdaRollback(RollbackWorkflow):
             self.s.message = "dry run: nothing was changed; the plan lists what a real run would do"
             return
 
+        await self.begin([lock.lambda_function(m.fn.function_name) for m in self.moves.values()])
         await self.approval(context="point " + ", ".join(
             f"{m.where} from version {m.before.function_version} to {m.target}" for m in self.moves.values()))
 
@@ -101,6 +106,8 @@ class LambdaRollback(RollbackWorkflow):
             await self._gradual(req.routing_steps)
         else:
             await self._each(list(self.moves), self._point)
+        await remember(self, *((self._place(m, m.before.function_version), "bad") for m in self.moves.values()),
+                       *((self._place(m, m.target), "restored") for m in self.moves.values()))
 
         self.set_phase(Phase.validating)
         async with self.timeline.step(VERIFY) as st:
@@ -109,6 +116,8 @@ class LambdaRollback(RollbackWorkflow):
         minutes = req.monitor_minutes or policy.monitor_minutes
         async with self.timeline.step(MONITOR) as st:
             st.detail = await self.monitor(minutes, policy.monitor_interval_minutes, self._checks)
+        if not self.s.regressions:
+            await remember(self, *((self._place(m, m.target), "good") for m in self.moves.values()))
         self.s.message = (", ".join(f"{m.where} back on version {m.target}" for m in self.moves.values())
                           + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
                              if self.s.regressions else "; monitoring found no regression"))
@@ -120,7 +129,10 @@ class LambdaRollback(RollbackWorkflow):
         alias: AliasState = await call(LambdaActivities.get_function_alias,
                                        FunctionRef(function_name=fn.function_name, alias=self.request.alias))
         published = [v.version for v in reversed(versions)]
-        target = choose_version(alias, published, self.request.to_version)
+        judged = {v.version: v.verdict for v in versions if v.verdict}  # rollbacks' tags (not metric verdicts)
+        refuse_automation(self, f"{fn.function_name} version {alias.function_version}",
+                          judged.get(alias.function_version))
+        target, why = choose_version(alias, published, self.request.to_version, judged)
         bad = next((v for v in versions if v.version == alias.function_version), None)
         # Baselines: the target version while it served, before the current version was published.
         self.verdicts[name] = Verdicts(self.catalog, baseline_ref(  # type: ignore[arg-type]
@@ -132,7 +144,7 @@ class LambdaRollback(RollbackWorkflow):
         if alias.weights:
             self._event(f"{fn.function_name}:{alias.alias} has routing weights in flight ({_shares(alias)}); "
                         f"the rollback clears them (to drop only those, give to_version {alias.function_version})")
-        return Move(name=name, fn=fn, before=alias, target=target, published=published)
+        return Move(name=name, fn=fn, before=alias, target=target, published=published, why=why)
 
     async def _point(self, name: str) -> None:
         """Move one alias at once (primary = target, routing cleared), as its own step."""
@@ -242,6 +254,19 @@ class LambdaRollback(RollbackWorkflow):
 
     # --- helpers ---------------------------------------------------------------------
 
+    def left_behind(self) -> tuple[str, str]:
+        undo = [f"aws lambda update-alias --function-name {m.fn.function_name} --name {m.before.alias} "
+                f"--function-version {m.before.function_version} --routing-config "
+                f"'AdditionalVersionWeights={{{','.join(f'{v}={w:g}' for v, w in m.before.weights.items())}}}'"
+                for m in self.moves.values()]
+        shown = "; ".join(undo[:5]) + (f"; and {len(undo) - 5} more like it (status.extra.functions has each "
+                                       "function's version before)" if len(undo) > 5 else "")
+        return "", f"to point the aliases back where they were: {shown}"
+
+    @staticmethod
+    def _place(m: Move, version: str) -> Place:
+        return Place(kind="lambda", name=m.fn.function_name, version=version)
+
     def _update_step(self, name: str) -> str:
         return f"{UPDATE}: {name}" if self.fleet else UPDATE
 
@@ -277,7 +302,7 @@ class LambdaRollback(RollbackWorkflow):
     def _describe(self, m: Move) -> str:
         versions = (f"published {m.published[0]}..{m.published[-1]}" if m.published else "no published version")
         how = ("to_version" if self.request.to_version else
-               f"the published version below {m.before.function_version}")
+               m.why or f"the published version below {m.before.function_version}")
         flight = f" with routing {_shares(m.before)} in flight" if m.before.weights else ""
         return f"{m.fn.function_name}: {versions}; {m.before.alias} on {m.before.function_version}{flight}; " \
                f"target {m.target} ({how})"
@@ -328,11 +353,14 @@ def _shares(a: AliasState) -> str:
     return ", ".join(f"{w * 100:g}% on version {v}" for v, w in a.weights.items())
 
 
-def choose_version(alias: AliasState, published: list[str], to_version: str | None) -> str:
+def choose_version(alias: AliasState, published: list[str], to_version: str | None,
+                   verdicts: dict[str, Verdict] | None = None) -> tuple[str, str]:
     """``to_version`` if given (must be published), else the newest published version below the
-    one the alias points at now. Lambda keeps no alias history, so "the version before" is read
-    from the version numbers: the published version just below the alias' current one ($LATEST:
-    the newest published)."""
+    one the alias points at now that no rollback left as bad (activities/known_good.py). Lambda
+    keeps no alias history, so "the version before" is read from the version numbers: the
+    published versions below the alias' current one ($LATEST: every published one). Returns the
+    version and, when verdicts played a part, why."""
+    verdicts = verdicts or {}
     where = f"{alias.function_name}:{alias.alias}"
     listing = ", ".join(published) or "none"
     if to_version is not None:
@@ -341,10 +369,15 @@ def choose_version(alias: AliasState, published: list[str], to_version: str | No
                              f"(published versions: {listing}); {where} was not changed")
         if to_version == alias.function_version and not alias.weights:
             raise StepFailed(f"{where} already points at version {to_version}; nothing to roll back")
-        return to_version
+        return to_version, ""
     current = alias.function_version
     older = published if current == "$LATEST" else [v for v in published if int(v) < int(current)]
     if not older:
         raise StepFailed(f"no published version of {alias.function_name} below version {current} "
                          f"(published versions: {listing}) to roll back to; {where} was not changed")
-    return older[-1]
+    choice = choose(list(reversed(older)), verdicts, label=lambda v: f"version {v}")
+    if choice is None:
+        raise StepFailed(f"every published version of {alias.function_name} below {current} was left as bad by a "
+                         f"rollback ({'; '.join(describe(f'version {v}', verdicts.get(v)) for v in older[-5:])}); "
+                         f"name the version with to_version; {where} was not changed")
+    return choice.version, (choice.why if any(v in verdicts for v in older) else "")

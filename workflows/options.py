@@ -7,6 +7,9 @@ from typing import Any, Callable, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import FailureError
+
+from workflows import changes
 
 T = TypeVar("T")
 
@@ -39,6 +42,12 @@ LONG: dict[str, Any] = dict(
     heartbeat_timeout=timedelta(seconds=15),
     retry_policy=RETRY,
 )
+# One activity for many calls (the locks or verdict tags of a 1000-function fleet): heartbeats as it goes.
+BATCH: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(minutes=5),
+    heartbeat_timeout=timedelta(seconds=30),
+    retry_policy=RETRY,
+)
 # A notification: tried a few times, then recorded as failed; never blocks a rollback.
 NOTIFY: dict[str, Any] = dict(
     start_to_close_timeout=timedelta(seconds=20),
@@ -56,9 +65,25 @@ VERIFY: dict[str, Any] = dict(
 
 
 async def call(fn: Callable[..., Any], arg: Any = None, *, options: dict[str, Any] | None = None) -> Any:
-    """Run an activity (function or method of an activity class) with shared options."""
+    """Run an activity (function or method of an activity class) with shared options.
+
+    A change (``workflows.changes.CHANGES``) never starts after a cancel and is recorded in the
+    status; any activity interrupted by a cancel raises ``CancelledError`` (see workflows/changes.py).
+    """
     opts = options or DEFAULT
     args = [] if arg is None else [arg]
-    if "." in fn.__qualname__:  # a method of an activities class
-        return await workflow.execute_activity_method(fn, args=args, **opts)
-    return await workflow.execute_activity(fn, args=args, **opts)
+
+    def start() -> "workflow.ActivityHandle[Any]":
+        if "." in fn.__qualname__:  # a method of an activities class
+            return workflow.start_activity_method(fn, args=args, **opts)
+        return workflow.start_activity(fn, args=args, **opts)
+
+    try:
+        if fn.__name__ in changes.CHANGES:
+            return await changes.make(fn.__name__, arg, start)
+        return await start()
+    except FailureError as e:
+        converted = changes.cancelled(e)
+        if converted is e:
+            raise
+        raise converted from e

@@ -10,10 +10,13 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.ecs import Deployed, DeployRequest, EcsActivities, Revision
     from activities.elbv2 import Elbv2Activities, Weights
-    from common.catalog import EcsRef, Service, Stage
+    from activities.known_good import Place, choose, describe
+    from common.catalog import BlueGreenSide, EcsRef, Service, Stage
     from common.models import CheckResult, Phase, RollbackStatus, ServiceRollbackInput
     from workflows.base import RollbackWorkflow
+    from workflows import lock
     from workflows.checks import endpoint_probes, http_checks, live_ecs, metric_checks, serving_version, service_checks
+    from workflows.known_good import refuse_automation, remember
     from workflows.options import call
     from workflows.timeline import StepFailed
     from workflows.verdicts import EVIDENCE, PATCH, Verdicts, awaiting_evidence, baseline_ref, blocking, summary
@@ -36,6 +39,7 @@ class ServiceRollback(RollbackWorkflow):
     """
 
     kind = "service"
+    rehearsal_steps = (STAGING,)
 
     @workflow.run
     async def run(self, request: ServiceRollbackInput) -> RollbackStatus:
@@ -56,7 +60,9 @@ class ServiceRollback(RollbackWorkflow):
             ecs = svc.ecs if svc.blue_green is None else await self._live_side(svc)
             current: Deployed = await call(EcsActivities.describe_deployed, ecs)
             revisions: list[Revision] = await call(EcsActivities.list_versions, ecs)
-            target = choose_target(current.task_definition, revisions, req.to_version)
+            now = next((r for r in revisions if r.arn == current.task_definition.arn), current.task_definition)
+            refuse_automation(self, _label(now), now.verdict)
+            target, why = choose_target(current.task_definition, revisions, req.to_version)
             self.s.from_version, self.s.to_version = current.task_definition.version, target.version
             self.s.extra["target_task_definition"] = target.arn
             # The baselines: the target while it was serving, before the current version's deploy began.
@@ -64,8 +70,10 @@ class ServiceRollback(RollbackWorkflow):
                 f"the {current.task_definition.version} deploy" + (f" at {current.deployed_at:%Y-%m-%d %H:%M} UTC"
                                                                     if current.deployed_at else ""))), self.s)
             st.detail = (f"deployed: {current.task_definition.version} (revision {current.task_definition.revision}); "
-                         f"target: {target.version} (revision {target.revision})")
+                         f"target: {target.version} (revision {target.revision})" + (f": {why}" if why else ""))
 
+        self.where: tuple[EcsRef, Revision, Revision] = (ecs, current.task_definition, target)
+        self.sides: tuple[BlueGreenSide, BlueGreenSide, Revision | None] | None = None  # blue/green: live, standby
         self.s.plan = self._plan(svc, ecs, target)
         if req.dry_run:
             for name in (STAGING, APPROVAL, EXECUTE, VALIDATE, MONITOR):
@@ -73,6 +81,7 @@ class ServiceRollback(RollbackWorkflow):
             self.s.message = "dry run: nothing was changed; the plan lists what a real run would do"
             return
 
+        await self.begin(resources(svc))
         if svc.staging is None:
             self.timeline.skip(STAGING, "no staging counterpart in the catalog")
         else:
@@ -93,6 +102,8 @@ class ServiceRollback(RollbackWorkflow):
                 await self._wait_settled(ecs, target)
                 st.detail = (f"{ecs.service} on {target.arn.rsplit('/', 1)[-1]} and settled"
                              + ("" if changed else " (it already was)"))
+        await remember(self, (Place(kind="ecs", name=current.task_definition.arn), "bad"),
+                       (Place(kind="ecs", name=target.arn), "restored"))
 
         self.set_phase(Phase.validating)
         async with self.timeline.step(VALIDATE) as st:
@@ -102,9 +113,39 @@ class ServiceRollback(RollbackWorkflow):
         async with self.timeline.step(MONITOR) as st:
             st.detail = await self.monitor(minutes, policy.monitor_interval_minutes,
                                            lambda: self._checks(svc, target.version))
+        if not self.s.regressions:
+            await remember(self, (Place(kind="ecs", name=target.arn), "good"))
         self.s.message = (f"{req.service} rolled back to {target.version}"
                           + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
                              if self.s.regressions else "; monitoring found no regression"))
+
+    def left_behind(self) -> tuple[str, str]:
+        ecs, bad, target = self.where
+        ecs_cmd = "aws ecs update-service --cluster {} --service {} --task-definition {}".format
+        if self.timeline is not None and self.timeline.get(EXECUTE).state.value == "pending":
+            return (f"production is untouched ({ecs.service} runs {bad.version}); only staging was changed",
+                    "nothing to undo in production; staging runs the version it was given")
+        if self.sides is None:
+            return (f"{ecs.service} runs {target.version} ({_td(target.arn)}), {bad.version} before",
+                    f"to return {ecs.service} to {bad.version}: {ecs_cmd(ecs.cluster, ecs.service, _td(bad.arn))}; "
+                    "or start a rollback to another version with to_version")
+        live, standby, standby_before = self.sides
+        pct = self.s.extra.get("rollout_percentage", 0)
+        bg = self.catalog.service(self.request.service).blue_green  # type: ignore[union-attr]
+        state = (f"traffic: {pct}% on {standby.ecs.service} ({target.version}), {100 - pct}% on {live.ecs.service} "
+                 f"({bad.version}); {standby.ecs.service} runs {target.version}"
+                 + (" and serves nothing" if pct == 0 else ""))
+        clean = [f"fix the cause (e.g. the IAM permission named above) and start the rollback again: it reuses "
+                 f"{standby.ecs.service} as it is"]
+        if pct and bg is not None:
+            clean.append(f"or send all traffic back to {live.ecs.service}: aws elbv2 modify-listener --listener-arn "
+                         f"{bg.listener_arn} --default-actions 'Type=forward,ForwardConfig={{TargetGroups=["
+                         f"{{TargetGroupArn={live.target_group_arn},Weight=100}},"
+                         f"{{TargetGroupArn={standby.target_group_arn},Weight=0}}]}}'")
+        if standby_before is not None and standby_before.arn != target.arn:
+            clean.append(f"to put {standby.ecs.service} back on {standby_before.version}: "
+                         + ecs_cmd(standby.ecs.cluster, standby.ecs.service, _td(standby_before.arn)))
+        return state, "; ".join(clean)
 
     # --- steps -----------------------------------------------------------------------
 
@@ -171,6 +212,11 @@ class ServiceRollback(RollbackWorkflow):
         w: Weights = await call(Elbv2Activities.get_weights, bg.listener_arn)
         blue_live = w.weights.get(bg.blue.target_group_arn, 0) >= w.weights.get(bg.green.target_group_arn, 0)
         live, standby = (bg.blue, bg.green) if blue_live else (bg.green, bg.blue)
+        before: Deployed | None = None
+        if self.ledger is not None:  # what the standby runs now, to say how to put it back after a failure
+            before = await call(EcsActivities.describe_deployed, standby.ecs)
+        self.sides = (live, standby, before.task_definition if before else None)
+        self.s.extra.setdefault("rollout_percentage", 0)
         await call(EcsActivities.deploy_task_definition,
                    DeployRequest(ecs=standby.ecs, task_definition_arn=target.arn))
         await self._wait_settled(standby.ecs, target)
@@ -229,8 +275,29 @@ class ServiceRollback(RollbackWorkflow):
                 + await metric_checks(svc.metrics, svc.alarms, version, policy))
 
 
-def choose_target(current: Revision, revisions: list[Revision], to_version: str | None) -> Revision:
-    """``to_version`` if given (must exist), else the newest revision with an earlier, different version."""
+def resources(svc: Service) -> list[str]:
+    """What a service rollback may touch: its ECS service(s), the listener, the staging service."""
+    ecs = [svc.ecs] if svc.blue_green is None else [svc.blue_green.blue.ecs, svc.blue_green.green.ecs]
+    names = [lock.ecs_service(e) for e in ecs]
+    if svc.blue_green is not None:
+        names.append(lock.listener(svc.blue_green.listener_arn))
+    if svc.staging is not None:
+        names.append(lock.ecs_service(svc.staging.ecs))
+    return names
+
+
+def _td(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1]
+
+
+def _label(r: Revision) -> str:
+    return f"{r.version} (revision {r.revision})"
+
+
+def choose_target(current: Revision, revisions: list[Revision], to_version: str | None) -> tuple[Revision, str]:
+    """``to_version`` if given (must exist; a person may name any version), else the newest revision
+    with an earlier, different version that no rollback left as bad (activities/known_good.py).
+    Returns it and why it was chosen."""
     if to_version:
         match = next((r for r in revisions if r.version == to_version), None)
         if match is None:
@@ -240,9 +307,17 @@ def choose_target(current: Revision, revisions: list[Revision], to_version: str 
         if match.version == current.version:
             raise StepFailed(f"{current.family} already runs {to_version} (revision {current.revision}); "
                              "nothing to roll back")
-        return match
+        return match, (f"named by to_version; {describe(_label(match), match.verdict)}" if match.verdict else "")
     older = [r for r in revisions if r.revision < current.revision and r.version != current.version]
     if not older:
         raise StepFailed(f"no earlier version of {current.family} than {current.version} "
                          f"(revision {current.revision}) exists to roll back to")
-    return older[0]
+    by_arn = {r.arn: r for r in older}
+    choice = choose([r.arn for r in older], {r.arn: r.verdict for r in older if r.verdict},
+                    label=lambda arn: _label(by_arn[arn]))
+    if choice is None:
+        raise StepFailed(f"every earlier version of {current.family} was left as bad by a rollback ("
+                         + "; ".join(describe(_label(r), r.verdict) for r in older[:5])
+                         + "); name the version to return to with to_version")
+    judged = any(r.verdict for r in older)
+    return by_arn[choice.version], (choice.why if judged else "")

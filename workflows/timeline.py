@@ -46,6 +46,8 @@ class Timeline:
 
     @asynccontextmanager
     async def step(self, name: str) -> AsyncIterator[Step]:
+        if getattr(workflow.instance(), "ledger", None) is not None and workflow.cancellation_reason() is not None:
+            raise asyncio.CancelledError(f"cancel requested: step {name!r} not started")  # see workflows/changes.py
         step = self._get_or_add(name)
         step.state, step.started_at = StepState.running, workflow.now()
         self.event(f"{name}: started")

@@ -32,6 +32,16 @@ FAULTS = {
 }
 
 
+# The AWS actions that change something (the rollback's changes and its verdict tags), for
+# "nothing changed after the cancel" assertions.
+CHANGES = frozenset({
+    "UpdateService", "ModifyListener", "RunTask", "RestoreDBInstanceFromDBSnapshot", "PutSecretValue",
+    "UpdateSecret", "UpdateSecretVersionStage", "ChangeResourceRecordSets", "CopyObject", "DeleteObject",
+    "CreateInvalidation", "UpdateAlias", "CreateHostedConfigurationVersion", "StartDeployment", "TagResource",
+    "UntagResource",
+})
+
+
 @dataclass
 class FaultyMoto:
     calls: Counter = field(default_factory=Counter)
@@ -42,6 +52,11 @@ class FaultyMoto:
     def inject(self, action: str, *faults: str) -> None:
         with self._lock:
             self.faults.setdefault(action, []).extend(faults)
+
+    def changes(self) -> dict[str, int]:
+        """How many changing calls were made, per action (zero counts left out)."""
+        with self._lock:
+            return {a: n for a, n in self.calls.items() if a in CHANGES and n}
 
     def clear(self) -> None:
         with self._lock:
@@ -69,6 +84,10 @@ class FaultyMoto:
         appconfig = _appconfig_action(method, path.rstrip("/"))
         if appconfig:
             return appconfig
+        if re.fullmatch(r"/20\d\d-\d\d-\d\d/functions/[^/]+/aliases/[^/]+", path) and method == "PUT":
+            return "UpdateAlias"  # Lambda's REST API
+        if re.match(r"(/20\d\d-\d\d-\d\d)?/tags/arn", path):  # Lambda's and AppConfig's tagging
+            return {"POST": "TagResource", "DELETE": "UntagResource"}.get(method, "ListTagsForResource")
         if "/distribution/" in path and "/invalidation" in path:
             if method == "POST":
                 return "CreateInvalidation"

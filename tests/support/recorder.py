@@ -1,10 +1,12 @@
 """A real local HTTP endpoint that records what it receives (Slack, status page, tickets,
-PagerDuty stand-ins for tests): test code, not product code."""
+PagerDuty stand-ins for tests): test code, not product code. ``delay`` makes it a slow one
+(a request is recorded on arrival, then answered ``delay`` seconds later)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,6 +22,7 @@ class Received:
 class Recorder:
     status: int = 200  # what to answer
     received: list[Received] = field(default_factory=list)
+    delay: float = 0.0  # seconds before answering
 
     def start(self) -> "Recorder":
         recorder = self
@@ -32,7 +35,18 @@ class Recorder:
                 except ValueError:
                     body = {"_raw": raw.decode(errors="replace")}
                 recorder.received.append(Received(self.path, dict(self.headers), body))
+                time.sleep(recorder.delay)
                 data = json.dumps({"id": f"rec-{len(recorder.received)}", "dedup_key": "k"}).encode()
+                self.send_response(recorder.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802  (a slow health or smoke-check endpoint)
+                recorder.received.append(Received(self.path, dict(self.headers), {}))
+                time.sleep(recorder.delay)
+                data = b'{"status": "ok"}'
                 self.send_response(recorder.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
