@@ -1,9 +1,10 @@
 """starter.py: the on-call engineer's CLI.
 
+    starter.py login dana                                  (the sandbox: a signed token for dana)
     starter.py start api --severity SEV-2 --requested-by dana --reason "errors after v1.2.3"
     starter.py approve api --as alice [--comment ...]      (tells you at once if it counted)
     starter.py reject api --as alice --reason "..."
-    starter.py escalate api --severity SEV-4 --as dana
+    starter.py escalate api --severity SEV-4 --as dana --reason "..."
     starter.py status api [--watch] [--json]
     starter.py list [--all]
     starter.py cancel api
@@ -11,7 +12,9 @@
     starter.py doctor                                      (the worker's start-up checks, on demand)
 
 A target is a catalog name (``api``) or a workflow id (``rollback-service-api``, or any id
-typed in the Web UI that is not a catalog name). Exit codes:
+typed in the Web UI that is not a catalog name). Who you are is proven by an OIDC ID token, not by
+--as or --requested-by: see common/id_tokens.py for where it is read from (``login`` stores one).
+Exit codes:
 
     0  done; for ``status``: the rollback succeeded (or planned) or is still in progress
     1  the action was refused, or the rollback ended without succeeding
@@ -41,8 +44,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from common import api
-from common.api import PROCEDURES, RollbackError, Rollbacks, describe_validation, state
+from common import api, id_tokens
+from common.api import PROCEDURES, RollbackError, Rollbacks, describe_validation, read_catalog, state
 from common.models import FINAL_PHASES, Escalation, Phase, RollbackStatus
 from common.preflight import preflight
 from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
@@ -78,6 +81,27 @@ def rollbacks(client: Client, settings: Settings) -> Rollbacks:
     return Rollbacks.from_settings(client, settings, names=FLAGS)
 
 
+def proof_for(settings: Settings, person: str) -> str | None:
+    """``person``'s ID token from the configured source, saying on stderr when there is none."""
+    try:
+        token, where = id_tokens.find(settings, person)
+    except id_tokens.TokenError as e:
+        raise CliError(str(e)) from None
+    if token is None:
+        err.print(f"[yellow]warning:[/yellow] no token proves you are {escape(person)}: the workflow will not count "
+                  f"this as {escape(person)}'s. Get one with {escape(id_tokens.HOW)}.")
+        return None
+    note = id_tokens.expiry_note(token)
+    if note:
+        err.print(f"[yellow]warning:[/yellow] the token from {escape(where)} is stale ({note}); refresh it "
+                  f"(e.g. 'starter.py login {escape(person)}' in the sandbox).")
+    return token
+
+
+def not_proven_hint(message: str, person: str) -> str:
+    return (f"\nto prove you are {person}: {id_tokens.HOW}" if "identity not proven" in message else "")
+
+
 def exit_code(s: RollbackStatus) -> int:
     return 1 if s.phase in FINAL_PHASES and s.phase not in ENDED_OK else 0
 
@@ -101,7 +125,12 @@ def render(s: RollbackStatus) -> Table:
     outer = Table.grid(padding=(0, 1))
     outer.add_row(f"[bold]{e(s.kind)} rollback of {e(s.target)}[/bold]  "
                   f"[{PHASE_STYLE.get(s.phase.value, 'bold cyan')}]{s.phase.value}[/]  ({e(s.workflow_id)})")
-    outer.add_row(f"{e(s.severity)} · requested by {e(s.requested_by)} · {e(s.reason)}")
+    outer.add_row(f"{e(s.severity)} · requested by {e(s.requested_by)}"
+                  + (f" ({e(s.requester_proof.describe())})" if s.requester_proof else
+                     f" [yellow](not proven: {e(s.requester_not_proven)})[/yellow]" if s.requester_not_proven else "")
+                  + f" · {e(s.reason)}")
+    if not s.verified:
+        outer.add_row("[bold red]approvals are not verified[/bold red] (identity.mode: unverified)")
     outer.add_row(f"version: {e(s.from_version or '?')} -> {e(s.to_version or '?')}"
                   + ("  [dim](dry run)[/dim]" if s.dry_run else ""))
     a = s.approvals
@@ -109,8 +138,11 @@ def render(s: RollbackStatus) -> Table:
         outer.add_row(f"approval: {e(r.label)}: {len(r.met_by)}/{r.count}"
                       + (f" (by {e(', '.join(r.met_by))})" if r.met_by else "")
                       + (f"  eligible: {e(', '.join(r.eligible) or 'nobody listed')}" if len(r.met_by) < r.count else ""))
+    for rec in a.received:
+        outer.add_row(f"approved by {e(rec.approver)} at {rec.at:%H:%M:%S}"
+                      + (f" ({e(rec.proof.describe())})" if rec.proof else ""))
     for ref in a.refused:
-        outer.add_row(f"[red]refused approval[/red] {e(ref.approver)}: {e(ref.reason)}")
+        outer.add_row(f"[red]refused {e(ref.action or 'approval')}[/red] {e(ref.approver)}: {e(ref.reason)}")
     if a.rejected_by:
         outer.add_row(f"[red]rejected by[/red] {e(a.rejected_by.approver)}: {e(a.rejected_by.comment)}")
     steps = Table("step", "state", "started", "ended", "detail", box=None, pad_edge=False)
@@ -160,10 +192,14 @@ def start_fields(a: argparse.Namespace) -> dict[str, Any]:
 
 async def cmd_start(client: Client, settings: Settings, a: argparse.Namespace) -> int:
     request = a.request  # validated in main(), before connecting
+    if not request.id_token and not request.automation_token:
+        token = proof_for(settings, request.requested_by)
+        request = request.model_copy(update={"id_token": token}) if token else request
     rb = rollbacks(client, settings)
     started = await rb.start(a.kind, request)
     console.print(f"started [bold]{started.workflow_id}[/bold] ({escape(request.severity)}, requested by "
-                  f"{escape(request.requested_by)}); follow it: starter.py status {escape(a.target)} --watch")
+                  f"{escape(request.requested_by)}{', with proof' if request.id_token else ', NOT proven'}); "
+                  f"follow it: starter.py status {escape(a.target)} --watch")
     if not await rb.worker_polling():
         err.print(f"[yellow]warning:[/yellow] no worker is polling task queue {settings.task_queue!r}; the rollback "
                   "will not move until one does. Start it with 'make run' or check ROLLBACK_TASK_QUEUE.")
@@ -176,9 +212,10 @@ async def cmd_start(client: Client, settings: Settings, a: argparse.Namespace) -
 async def cmd_decide(client: Client, settings: Settings, a: argparse.Namespace) -> int:
     outcome = await rollbacks(client, settings).decide(
         a.kind, a.target, a.command, a.as_, a.comment or "", a.reason or "",
-        on_wait=lambda message: err.print(escape(message)))
+        on_wait=lambda message: err.print(escape(message)), id_token=proof_for(settings, a.as_))
     if not outcome.counted:
-        console.print(f"[red]NOT counted[/red]: {escape(outcome.message)}")
+        console.print(f"[red]NOT counted[/red]: {escape(outcome.message)}"
+                      + escape(not_proven_hint(outcome.message, a.as_)))
         return 1
     console.print(f"[green]{'counted' if a.command == 'approve' else 'recorded'}[/green]: {escape(outcome.message)}")
     return 0
@@ -194,20 +231,26 @@ async def running_status(rb: Rollbacks, handle: WorkflowHandle, a: argparse.Name
 
 async def cmd_escalate(client: Client, settings: Settings, a: argparse.Namespace) -> int:
     try:
-        e = Escalation(severity=a.severity, by=a.as_, comment=a.comment or "")
+        e = Escalation(severity=a.severity, by=a.as_, reason=a.reason or "", comment=a.comment or "")
     except ValidationError as ve:
         raise describe_validation(ve, "escalation", FLAGS) from None
     rb = rollbacks(client, settings)
     handle = rb.handle(a.kind, a.target)
     before = await running_status(rb, handle, a)
-    await handle.signal("escalate", e)
-    for _ in range(10):  # a signal does not answer: read back what it changed
+    seen = len(before.approvals.refused)
+    await handle.signal("escalate", e.model_copy(update={"id_token": proof_for(settings, a.as_)}))
+    for _ in range(20):  # a signal does not answer: read back what it changed (or why not)
         s = await rb.fetch_status(handle, a.kind, a.target)
         if s.severity == e.severity:
             need = waiting_for(s) if s.phase == Phase.awaiting_approval else ""
             console.print(f"severity of {escape(s.target)}: {escape(before.severity)} -> {escape(s.severity)}; "
                           + (f"now waiting for {escape(need)}" if need else f"phase: {s.phase.value}"))
             return 0
+        refused = [r for r in s.approvals.refused[seen:] if r.action == "escalate" and r.approver == a.as_]
+        if refused:
+            console.print(f"[red]NOT applied[/red]: {escape(refused[-1].reason)}"
+                          + escape(not_proven_hint(refused[-1].reason, a.as_)))
+            return 1
         await asyncio.sleep(0.5)
     console.print(f"escalation to {escape(e.severity)} sent; not confirmed yet: check 'starter.py status {a.target}'")
     return 0
@@ -336,6 +379,29 @@ async def cancel_requested_at(handle: WorkflowHandle) -> datetime | None:
     return None
 
 
+async def cmd_login(settings: Settings, a: argparse.Namespace) -> int:
+    """A token for a catalog person from the sandbox's identity provider, stored for later commands."""
+    try:
+        catalog = read_catalog(catalog_path(settings), strict=True)
+    except Exception as e:
+        raise CliError(f"cannot read the catalog to find its identity provider: {e}") from None
+    ident = catalog.identity if catalog else None
+    if ident is None or ident.oidc is None:
+        raise CliError("the catalog names no OIDC identity provider (identity.oidc): nothing to log in to")
+    if a.person not in catalog.people.directory:  # type: ignore[union-attr]
+        raise CliError(f"{a.person!r} is not a person of the catalog (people: "
+                       f"{', '.join(sorted(catalog.people.directory)) or 'none'})")  # type: ignore[union-attr]
+    try:
+        token = id_tokens.sandbox_login(ident.oidc.issuer, a.person)
+    except id_tokens.TokenError as e:
+        raise CliError(str(e), 1) from None
+    path = id_tokens.store(settings, a.person, token)
+    console.print(f"logged in as [bold]{escape(a.person)}[/bold] with {escape(ident.oidc.issuer)}; the token (valid "
+                  f"30 min) is in {escape(str(path))}: 'start --requested-by {escape(a.person)}' and "
+                  f"'approve/reject/escalate --as {escape(a.person)}' send it")
+    return 0
+
+
 async def cmd_schedule(client: Client, settings: Settings, a: argparse.Namespace) -> int:
     """The runbook's auto-rollback job (a Temporal Schedule the worker keeps up to date)."""
     if a.action in ("pause", "resume"):
@@ -394,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
     e = targeted("escalate", "change the severity of a rollback")
     e.add_argument("--severity", required=True)
     e.add_argument("--as", dest="as_", required=True)
+    e.add_argument("--reason", required=True, help="why: recorded and announced in #incidents")
     e.add_argument("--comment")
     st = targeted("status", "where the rollback stands")
     st.add_argument("--watch", action="store_true", help="follow it until it ends (waits for it to start)")
@@ -403,6 +470,8 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     c = targeted("cancel", "stop a rollback: no change starts after the cancel; says what was changed")
     c.add_argument("--wait", type=float, default=30, help="seconds to wait for it to stop and say how (default 30)")
+    lg = sub.add_parser("login", help="get a token proving you are NAME from the sandbox's identity provider")
+    lg.add_argument("person", metavar="NAME", help="a person of the catalog, e.g. alice")
     sc = sub.add_parser("schedule", help="the auto-rollback schedule (every 5 minutes; runbook: Automation)")
     sc.add_argument("action", choices=["pause", "resume", "status"])
     sc.add_argument("--note", help="why (kept on the schedule, shown by status)")
@@ -452,6 +521,8 @@ async def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return await cmd_doctor(settings, args)
     try:
+        if args.command == "login":  # needs no Temporal
+            return await cmd_login(settings, args)
         if args.command == "start":  # bad input is reported even when Temporal is down
             args.request = api.build_request(args.kind, start_fields(args), catalog_path(settings), FLAGS)
         try:

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import structlog
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.worker import Worker
@@ -40,6 +40,7 @@ from activities.secrets import SecretsActivities, SecretStageActivities
 from activities.elbv2 import Elbv2Activities
 from activities.flags import FlagActivities
 from activities.http_checks import check_http
+from activities.identity import IdentityActivities
 from activities.incidents import IncidentActivities, IncidentSettings
 from activities.known_good import KnownGoodActivities
 from activities.lambda_fn import LambdaActivities
@@ -47,6 +48,7 @@ from activities.metrics import CloudWatchActivities, MetricActivities
 from activities.notify import NotifyActivities
 from activities.temporal_locks import LockActivities
 from common import devserver
+from common.catalog import Catalog
 from common.logging import configure
 from common.preflight import preflight
 from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
@@ -81,17 +83,20 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
     lam = LambdaActivities(aws)
     verdicts = KnownGoodActivities(aws)
     tf = TerraformActivities(settings.data_dir / "infra")
+    automation_key = settings.automation_secret()
+    identity = IdentityActivities(catalog_path, settings.slack_signing_secret, automation_key)
     return [
+        identity.verify_identity, identity.vouch,
         CatalogActivities(catalog_path).load_catalog,
         ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
         elbv2.get_weights, elbv2.set_weights,
         cw.read_metric, cw.alarms_firing, MetricActivities(aws).read_samples,
         check_http,
         NotifyActivities(settings.slack_webhook_url, settings.ui_url, settings.dashboard_url,
-                         settings.temporal_namespace).notify,
+                         settings.temporal_namespace, catalog_path).notify,
         *_incident_activities(settings),
         locks.acquire_lock, locks.holder_running, locks.acquire_locks, locks.release_locks,
-        *_start_activities(client, task_queue, catalog_path),
+        *_start_activities(client, task_queue, catalog_path, automation_key),
         tasks.run_one_off, tasks.task_state, tasks.force_new_deployment,
         rds.describe_instance, rds.find_instance, rds.list_snapshots, rds.restore_from_snapshot,
         SecretsActivities(aws).point_secret_at, Route53Activities(aws).upsert_cname,
@@ -105,9 +110,10 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
     ]
 
 
-def _start_activities(client: Client, task_queue: str, catalog_path: Path) -> list:
-    """Temporal from a workflow: starting a rollback (the auto-rollback check), its previous report."""
-    starts = RollbackStartActivities(client, task_queue, catalog_path)
+def _start_activities(client: Client, task_queue: str, catalog_path: Path, automation_key: SecretStr | None) -> list:
+    """Temporal from a workflow: starting a rollback (the auto-rollback check, signed with the automation
+    key), its previous report."""
+    starts = RollbackStartActivities(client, task_queue, catalog_path, automation_key)
     return [starts.start_or_join_rollback, starts.previous_check]
 
 
@@ -142,7 +148,19 @@ def build_worker(client: Client, settings: Settings, catalog_path: Path, task_qu
     )
 
 
-def banner(settings: Settings, sandbox_info: object | None) -> None:
+def identity_line(catalog: Catalog | None, settings: Settings) -> str:
+    """How decisions are proven, for the banner: loud when they are not."""
+    ident = catalog.identity if catalog else None
+    if ident is None or not ident.verified:
+        return "[bold red]APPROVALS ARE NOT VERIFIED[/bold red] (identity.mode: unverified): typed names count"
+    parts = [f"OIDC tokens from {ident.oidc.issuer}" if ident.oidc else ""]
+    if ident.slack:
+        parts.append("Slack buttons" + ("" if settings.slack_signing_secret else
+                                        " (NOT checkable: set ROLLBACK_SLACK_SIGNING_SECRET)"))
+    return "Identity: decisions count only with proof: " + ", ".join(p for p in parts if p)
+
+
+def banner(settings: Settings, sandbox_info: object | None, catalog: Catalog | None = None) -> None:
     from rich.console import Console
     from rich.panel import Panel
 
@@ -157,6 +175,7 @@ def banner(settings: Settings, sandbox_info: object | None) -> None:
         f"Metrics:  http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "Metrics: off",
         "Auto-rollback: schedule 'auto-rollback' checks services marked auto_rollback every 5 minutes "
         "(starter.py schedule status|pause|resume)",
+        identity_line(catalog, settings),
     ]
     if sandbox_info is not None:
         http = getattr(sandbox_info, "http_base", "")
@@ -168,12 +187,15 @@ def banner(settings: Settings, sandbox_info: object | None) -> None:
     console = Console(stderr=True, soft_wrap=True)  # soft wrap: commands stay whole, copy-pasteable
     Console(stderr=True).print(Panel("\n".join(lines), title="rollback worker", border_style="green"))
     if sandbox_info is not None:  # outside the panel, so a narrow terminal cannot break the command
-        console.print("In another terminal, roll 'api' back to its previous version:\n"
+        console.print("In another terminal, prove you are dana (the sandbox's identity provider signs a token for "
+                      "any catalog person) and roll 'api' back to its previous version:\n"
+                      "  [bold].venv/bin/python starter.py login dana[/bold]\n"
                       "  [bold].venv/bin/python starter.py start api --severity SEV-2 --requested-by dana "
                       "--reason 'error rate after v1.2.3'[/bold]\n"
                       "  .venv/bin/python starter.py status api --watch\n"
-                      "dana is on call, so SEV-2 is approved at start; start it with --severity SEV-1 and "
-                      "approve with '.venv/bin/python starter.py approve api --as alice' to see the approval gate.")
+                      "dana is on call and her token proves it, so SEV-2 is approved at start; start it with "
+                      "--severity SEV-1, then '.venv/bin/python starter.py login alice' and "
+                      "'.venv/bin/python starter.py approve api --as alice' to see the approval gate.")
     console.print("Ctrl-C stops everything this started.")
 
 
@@ -231,17 +253,23 @@ async def serve() -> int:
         if not report.ok:
             print(report.render("the rollback worker"), file=sys.stderr)
             return report.exit_code
-        client, catalog_path = report.client, mode.catalog
+        client, catalog_path, catalog = report.client, mode.catalog, report.catalog
         assert client is not None
         for line in report.passed:
             log.info(f"preflight: {line}")
+        if catalog is not None and catalog.identity is not None and not catalog.identity.verified:
+            log.warning("APPROVALS ARE NOT VERIFIED: the catalog says identity.mode: unverified, so any typed "
+                        "name counts as that person", catalog=str(catalog_path))
+        if settings.automation_secret() is None:
+            log.warning("ROLLBACK_AUTOMATION_KEY is not set: the auto-rollback check's and the receiver's rollbacks "
+                        "cannot prove they are automation, so they wait for approvals like anyone's")
         try:  # runbook: Automation. Best effort: rollbacks do not depend on it
             schedule = await ensure_auto_rollback_schedule(client, settings.task_queue)
             log.info(f"auto-rollback schedule {schedule}", schedule="auto-rollback", every_minutes=5)
         except RPCError as e:
             log.error("could not create or update the auto-rollback schedule", error=e.message)
         worker = build_worker(client, settings, catalog_path)
-        banner(settings, sandbox_info)
+        banner(settings, sandbox_info, catalog)
         log.info("worker started", task_queue=settings.task_queue, catalog=str(catalog_path), mode=mode.name)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

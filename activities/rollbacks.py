@@ -1,5 +1,6 @@
 """Temporal as the outside system: starting a rollback from a workflow (the auto-rollback check),
-through the same API and one-per-target rule as the CLI and the alert receiver."""
+through the same API and one-per-target rule as the CLI and the alert receiver. The start is signed
+with the worker's automation key, so the policy's automation_may_proceed can trust who asked."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -24,8 +25,9 @@ class StartOrJoin(BaseModel):
 
 
 class RollbackStartActivities:
-    def __init__(self, client: Client, task_queue: str, catalog_path: Path) -> None:
-        self._api = Rollbacks(client, task_queue, catalog_path)
+    def __init__(self, client: Client, task_queue: str, catalog_path: Path,
+                 automation_key: SecretStr | None = None) -> None:
+        self._api = Rollbacks(client, task_queue, catalog_path, automation_key=automation_key, via="auto-rollback")
 
     @activity.defn
     async def start_or_join_rollback(self, req: StartOrJoin) -> Started:

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -47,6 +47,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from common.catalog import Catalog, CatalogError, UnknownTarget, load_catalog
+from common.identity import SlackCallback, request_digest
 from common.policy import Policy
 from common.models import (
     FINAL_PHASES, ConfigRollbackInput, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Evidence,
@@ -71,7 +72,7 @@ CATALOG_LOOKUP = {"service": "service", "database": "database", "frontend": "sit
                   "infra": "stack", "flag": "flag", "config": "config"}
 
 QUERY_TIMEOUT = timedelta(seconds=5)  # a worker answers a query in milliseconds
-UPDATE_TIMEOUT = timedelta(seconds=20)
+UPDATE_TIMEOUT = timedelta(seconds=60)  # the decision's proof is checked first (an identity provider may be slow)
 POLL_SECONDS = 1.0
 GATE_WAIT_SECONDS = 30
 # A running rollback gets no more evidence signals past this many history events (Temporal ends a
@@ -243,12 +244,29 @@ class Rollbacks:
 
     ``names`` maps input fields to what the caller's user typed (starter.py: ``--severity``),
     so error messages name what they can fix.
+
+    ``automation_key`` (the alert receiver, the auto-rollback check): every start is signed with it
+    for the worker, bound to the requester, target and request (``via`` names the signer), so
+    ``policy.automation_may_proceed`` can trust it. Without it, starts carry only what the caller put in
+    (a person's ``id_token``) and automation requesters wait for approvals like anyone.
     """
 
     def __init__(self, client: Client, task_queue: str, catalog_path: str | Path | None = None, *,
-                 names: Mapping[str, str] | None = None) -> None:
+                 names: Mapping[str, str] | None = None, automation_key: SecretStr | None = None,
+                 via: str = "") -> None:
         self.client, self.task_queue, self.catalog_path = client, task_queue, catalog_path
         self.names = names
+        self.automation_key, self.via = automation_key, via
+
+    def _signed(self, kind: str, target: str, request: Any) -> Any:
+        """The request with the automation proof, when this caller holds the key."""
+        if self.automation_key is None or request.automation_token or request.id_token:
+            return request
+        from activities.identity import mint_automation_token
+
+        token = mint_automation_token(self.automation_key, requested_by=request.requested_by, kind=kind,
+                                      target=target, digest=request_digest(request), via=self.via or "automation")
+        return request.model_copy(update={"automation_token": token})
 
     @classmethod
     def from_settings(cls, client: Client, settings: Settings | None = None, *,
@@ -280,6 +298,7 @@ class Rollbacks:
         target = target_of(request, target_field)
         self.check_target(kind, target)  # a model built elsewhere: its target still must be in the catalog
         wf_id = wf_id or workflow_id(kind, target)
+        request = self._signed(kind, target, request)
         try:
             handle = await self.client.start_workflow(
                 wf_type, request, id=wf_id, task_queue=self.task_queue,
@@ -332,6 +351,7 @@ class Rollbacks:
             declined = await self._cooling_down(kind, target, wf_id)
             if declined is not None:
                 return declined
+        request = self._signed(kind, target, request)
         handle = await self.client.start_workflow(
             wf_type, request, id=wf_id, task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
@@ -488,14 +508,23 @@ class Rollbacks:
 
     async def decide(self, kind: str, target: str, decision: Literal["approve", "reject"], approver: str,
                      comment: str = "", reason: str = "",
-                     on_wait: Callable[[str], None] | None = None) -> DecisionOutcome:
-        """Approve or reject through the ``decide`` update; the outcome says whether it counted."""
+                     on_wait: Callable[[str], None] | None = None, *, id_token: str | None = None,
+                     slack: SlackCallback | None = None) -> DecisionOutcome:
+        """Approve or reject through the ``decide`` update; the outcome says whether it counted (a decision
+        without a valid proof, ``id_token`` or ``slack``, never does, and is recorded as refused)."""
         handle = self.handle(kind, target)
         try:
-            req = DecisionRequest(decision=decision, approver=approver, comment=comment or "", reason=reason or "")
+            req = DecisionRequest(decision=decision, approver=approver, comment=comment or "", reason=reason or "",
+                                  id_token=id_token or None, slack=slack)
         except ValidationError as ve:
             raise describe_validation(ve, "decision", self.names) from None
         await self.wait_for_approval_step(handle, kind, target, on_wait)
+        return await self.decide_on(handle, req, kind, target)
+
+    async def decide_on(self, handle: WorkflowHandle, req: DecisionRequest, kind: str = "",
+                        target: str = "") -> DecisionOutcome:
+        """The ``decide`` update on one workflow (e.g. the one a Slack button names), errors typed."""
+        target = target or handle.id
         try:
             return await handle.execute_update("decide", req, result_type=DecisionOutcome,
                                                rpc_timeout=UPDATE_TIMEOUT)
@@ -507,7 +536,7 @@ class Rollbacks:
                                     f"'starter.py status {target}' shows how it ended") from None
             raise NotRecorded(f"not recorded: {e.cause.message if e.cause else e}") from None
         except WorkflowUpdateRPCTimeoutOrCancelledError:
-            raise NoWorker(f"no answer from the workflow within {UPDATE_TIMEOUT.seconds}s, so the {decision} may NOT "
+            raise NoWorker(f"no answer from the workflow within {UPDATE_TIMEOUT.seconds}s, so the {req.decision} may NOT "
                            f"be recorded: check 'starter.py status {target}' (is the worker running?)") from None
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:

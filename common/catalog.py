@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from common.catalog_docs import REFERENCE, explain
-from common.policy import AUTO_ROLLBACK_REQUESTER, SEVERITY_SCALE, Policy, Severity
+from common.identity import PROOF_FIELDS, IdentityConfig, Person
+from common.policy import AUTO_ROLLBACK_REQUESTER, ROLE_LABEL, SEVERITY_SCALE, Policy, Severity
 
 T = TypeVar("T")
 
@@ -394,22 +395,57 @@ class SecretTarget(Strict):
 ConfigTarget = Annotated[AppConfigTarget | SecretTarget, Field(discriminator="kind")]
 
 
-class People(Strict):
-    """Who may approve, by role (the decision matrix names the roles). A name not listed is refused."""
+class People(BaseModel):
+    """Who may approve, by role (the decision matrix names the roles), and how each person proves who they
+    are: next to the role lists, an entry per person, e.g. `alice: {email: alice@rastup.com, slack_id:
+    U01ALICE}` (the claim identity.oidc.person_claim names, and the Slack user id). A name not listed is
+    refused; a listed name counts only with its proof (docs/identity.md)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Person] = Field(init=False)  # a person's entry, by name
 
     approvers: list[str] = Field(default_factory=list, description="approve SEV-0 (two of them) and SEV-1")
     on_call: list[str] = Field(default_factory=list, description="approve SEV-2..SEV-4; at least one is required")
     dbas: list[str] = Field(default_factory=list, description="also approve every database snapshot restore")
     security: list[str] = Field(default_factory=list)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _roles_are_lists(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if key not in ROLE_LABEL and not isinstance(value, (dict, Person)):
+                    raise ValueError(f"{key!r} is not a role (roles: {', '.join(ROLE_LABEL)}) and a person's entry is "
+                                     f"a mapping, e.g. {key}: {{email: {key}@rastup.com, slack_id: U01ABCDEF}}")
+        return data
+
     def everyone(self) -> set[str]:
         return {*self.approvers, *self.on_call, *self.dbas, *self.security}
+
+    @property
+    def directory(self) -> dict[str, Person]:
+        """Each person's entry, by name."""
+        return dict(self.model_extra or {})
+
+    def by_claim(self, claim: str, value: str) -> str | None:
+        """The person whose ``claim`` is ``value`` (e-mail addresses compare case-insensitively)."""
+        want = value.casefold() if "@" in value else value
+        for name, person in self.directory.items():
+            have = person.claim(claim)
+            if have is not None and (have.casefold() if "@" in have else have) == want:
+                return name
+        return None
+
+    def by_slack_id(self, slack_id: str) -> str | None:
+        return next((name for name, p in self.directory.items() if p.slack_id == slack_id), None)
 
 
 class Catalog(Strict):
     """The whole file. Each name under a section is what people and alerts call the target."""
 
     people: People
+    # Required in a catalog file (check_catalog says so); None only in histories recorded before it existed.
+    identity: IdentityConfig | None = Field(None, description="how decisions are proven (docs/identity.md)")
     policy: Policy = Field(default_factory=Policy, description="overrides of the runbook's policy")
     services: dict[str, Service] = Field(default_factory=dict, description="ECS services (ServiceRollback)")
     databases: dict[str, Database] = Field(default_factory=dict, description="DatabaseRollback")
@@ -523,6 +559,7 @@ def check_catalog(catalog: Catalog) -> list[str]:
             continue
         problems += [f"{where}.input{p} [{REFERENCE}#alertrule]" for p in _rule_input_problems(rule, catalog, *PROCEDURES[rule.kind][1:],
                                                                          CATALOG_LOOKUP[rule.kind])]
+    problems += _identity_problems(catalog)
     rules = {r.name for r in catalog.alert_rules}
     for entry in catalog.policy.automation_may_proceed:
         source, sep, rule_name = entry.partition(":")
@@ -534,6 +571,42 @@ def check_catalog(catalog: Catalog) -> list[str]:
     return problems
 
 
+def _identity_problems(catalog: Catalog) -> list[str]:
+    """Never silently unverified, and every person who can decide can prove who they are."""
+    ident, doc = catalog.identity, "[docs/identity.md]"
+    if ident is None:
+        return ["identity: missing: say how approvals are proven: identity: {mode: oidc, oidc: {issuer: ..., "
+                "audience: ..., person_claim: email}} with each person's email under people:, or identity: "
+                "{mode: unverified} to accept typed names (every status and notification then says so) " + doc]
+    if not ident.verified:
+        return []
+    problems = []
+    claim = ident.oidc.person_claim if ident.oidc else None
+    directory = catalog.people.directory
+    for name, person in directory.items():
+        problems += [f"people.{name}.{key}: unknown field; a person takes slack_id and the claim "
+                     f"identity.oidc.person_claim names ({claim!r}) {doc}" for key in person.model_extra or {}
+                     if key != claim]
+    for what, value_of in ((claim or "", lambda p: p.claim(claim) if claim else None),
+                           ("slack_id", lambda p: p.slack_id)):
+        seen: dict[str, str] = {}
+        for name, person in directory.items():
+            value = value_of(person)
+            key = value.casefold() if value and "@" in value else value
+            if key and key in seen:
+                problems.append(f"people.{name}.{what}: {value!r} is also {seen[key]}'s; each person needs their own")
+            elif key:
+                seen[key] = name
+    ways = f"{claim} (identity.oidc.person_claim)" + (" or slack_id" if ident.slack else "")
+    for role in ROLE_LABEL:
+        for name in getattr(catalog.people, role):
+            person = directory.get(name)
+            if person is None or not ((claim and person.claim(claim)) or (ident.slack and person.slack_id)):
+                problems.append(f"people.{role}: {name!r} has no {ways} under people.{name}, so nobody could prove "
+                                f"to be {name}: add e.g. {name}: {{{claim}: {name}@rastup.com}} under people: {doc}")
+    return problems
+
+
 def _rule_input_problems(rule: AlertRule, catalog: Catalog, model: type[BaseModel], target_field: str,
                          lookup: str) -> list[str]:
     """The rule's input checked against the procedure's input model. A templated value ("{labels.x}")
@@ -541,11 +614,13 @@ def _rule_input_problems(rule: AlertRule, catalog: Catalog, model: type[BaseMode
     templated = {k for k, v in rule.input.items() if isinstance(v, str) and "{" in v}
     sample = {**{k: ("x" if k in templated else v) for k, v in rule.input.items()},
               "severity": "SEV-2", "requested_by": f"alertmanager:{rule.name}", "reason": "alert"}
-    problems = []
+    problems = [f".{key}: the receiver proves its own starts (ROLLBACK_AUTOMATION_KEY); a rule never carries a "
+                "proof: remove it" for key in sorted(PROOF_FIELDS & set(rule.input))]
     try:
         model.model_validate(sample)
     except ValidationError as e:
-        allowed = ", ".join(f for f in model.model_fields if f not in ("severity", "requested_by", "reason"))
+        allowed = ", ".join(f for f in model.model_fields
+                            if f not in ("severity", "requested_by", "reason", *PROOF_FIELDS))
         for x in e.errors():
             key = str(x["loc"][0]) if x["loc"] else ""
             if key in templated:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common.identity import MAX_TOKEN_CHARS, ProofRecord, SeverityChange, SlackCallback
 from common.policy import Severity
 
 # Size limits on what outsiders type or send (the Web UI, CLI, webhooks): a workflow's status and
@@ -41,6 +42,12 @@ class RollbackRequest(Input):
     monitor_minutes: float | None = Field(
         None, gt=0, le=24 * 60, description="post-rollback monitoring window (default 30)"
     )
+    # Proof of who asks (common/identity.py): without one the rollback runs, but requested_by gets no
+    # privilege (no on-call auto-approval, no automation_may_proceed, no kill_switch_immediate).
+    id_token: str | None = Field(None, max_length=MAX_TOKEN_CHARS, repr=False,
+                                 description="requested_by's OIDC ID token (starter.py sends it)")
+    automation_token: str | None = Field(None, max_length=MAX_TOKEN_CHARS, repr=False,
+                                         description="signed by the alert receiver / auto-rollback check")
 
 
 class ServiceRollbackInput(RollbackRequest):
@@ -249,12 +256,17 @@ class Decision(Input):
     approver: str = Field(min_length=1, max_length=MAX_NAME)
     comment: str = Field("", max_length=MAX_TEXT)
     reason: str = Field("", max_length=MAX_TEXT)
+    # The proof (common/identity.py); a decision without one is refused and recorded.
+    id_token: str | None = Field(None, max_length=MAX_TOKEN_CHARS, repr=False, description="approver's OIDC ID token")
+    slack: SlackCallback | None = Field(None, repr=False, description="a signed Slack callback (the receiver sends it)")
 
 
 class Escalation(Input):
     severity: Severity
     by: str = Field(min_length=1, max_length=MAX_NAME)
+    reason: str = Field("", max_length=MAX_TEXT, description="why: required for the change to count")
     comment: str = Field("", max_length=MAX_TEXT)
+    id_token: str | None = Field(None, max_length=MAX_TOKEN_CHARS, repr=False, description="by's OIDC ID token")
 
 
 class Evidence(Input):
@@ -331,12 +343,14 @@ class ApprovalRecord(BaseModel):
     at: datetime
     comment: str = ""
     note: str = ""
+    proof: ProofRecord | None = Field(None, description="how the approver was proven (None: before proofs)")
 
 
 class Refusal(BaseModel):
     approver: str
     at: datetime
     reason: str
+    action: str = Field("", description="approve, reject, escalate")
 
 
 class Requirement(BaseModel):
@@ -424,6 +438,10 @@ class RollbackStatus(BaseModel):
     requested_by: str
     reason: str
     dry_run: bool = False
+    requester_proof: ProofRecord | None = Field(None, description="how requested_by was proven; None: not proven")
+    requester_not_proven: str = Field("", description="why requested_by is not proven (then it has no privilege)")
+    verified: bool = Field(True, description="False: identity.mode unverified, approvals are not verified")
+    severity_changes: list[SeverityChange] = Field(default_factory=list)
     approvals: Approvals = Field(default_factory=Approvals)
     steps: list[Step] = Field(default_factory=list)
     checks: list[CheckResult] = Field(default_factory=list)

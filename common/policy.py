@@ -139,6 +139,11 @@ class Policy(BaseModel):
     # (people.approvers, never the requester), whatever the severity; the severity's own approvers count.
     destroy_requires_approvals: int = Field(2, ge=1)
 
+    # Who may change a rollback's severity (with proof and a reason). A change toward SEV-4 lowers the
+    # approvals needed: it also needs someone the matrix accepts as approver at the new severity.
+    severity_setters: list[Role] = Field(default_factory=lambda: ["on_call", "approvers"],
+                                         description="roles that may change a rollback's severity (with proof)")
+
     def rule(self, severity: str) -> SeverityRule:
         return self.matrix.get(severity) or DEFAULT_MATRIX[severity]  # type: ignore[index]
 

@@ -39,7 +39,8 @@ TEMPORAL_TIMEOUT = timedelta(seconds=10)
 SECRETS = {"TEMPORAL_API_KEY": "temporal_api_key", "ROLLBACK_SLACK_WEBHOOK_URL": "slack_webhook_url",
            "ROLLBACK_STATUSPAGE_TOKEN": "statuspage_token", "ROLLBACK_TICKET_TOKEN": "ticket_token",
            "ROLLBACK_PAGERDUTY_ROUTING_KEY": "pagerduty_routing_key", "ROLLBACK_RECEIVER_TOKEN": "receiver_token",
-           "ROLLBACK_RECEIVER_HMAC_SECRET": "receiver_hmac_secret"}
+           "ROLLBACK_RECEIVER_HMAC_SECRET": "receiver_hmac_secret",
+           "ROLLBACK_SLACK_SIGNING_SECRET": "slack_signing_secret", "ROLLBACK_AUTOMATION_KEY": "automation_key"}
 
 
 @dataclass
@@ -92,12 +93,13 @@ def check_secrets(environ: Any = os.environ) -> list[Problem]:
 
 
 def check_receiver_auth(settings: Settings) -> list[Problem]:
-    if settings.receiver_token or settings.receiver_hmac_secret:
+    if settings.receiver_token or settings.receiver_hmac_secret or settings.receiver_sources:
         return []
     return [Problem("receiver authentication", (
         "neither ROLLBACK_RECEIVER_TOKEN nor ROLLBACK_RECEIVER_HMAC_SECRET has a value: set ROLLBACK_RECEIVER_TOKEN "
-        "(bearer token) or ROLLBACK_RECEIVER_HMAC_SECRET (HMAC-SHA256 signatures), or both: the receiver never "
-        "accepts unauthenticated alerts (README, Alert receiver)."))]
+        "(bearer token) or ROLLBACK_RECEIVER_HMAC_SECRET (HMAC-SHA256 signatures), or both, and/or "
+        "ROLLBACK_RECEIVER_SOURCES for the generic endpoint: the receiver never accepts unauthenticated alerts "
+        "(README, Alert receiver)."))]
 
 
 def check_catalog(mode: Mode) -> tuple[Catalog | None, list[Problem]]:

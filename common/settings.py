@@ -7,17 +7,42 @@ programmatic API alike, whether this is the local sandbox or production and whic
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common import TASK_QUEUE_DEFAULT
 
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX_CATALOG_NAME = "sandbox-catalog.yaml"  # written into the data dir by the sandbox at each start
+
+
+def _unset_if_empty(v: Any) -> Any:
+    """A secret set to "" (e.g. an empty variable in a compose file) is NOT set: never an empty key."""
+    if isinstance(v, SecretStr):
+        v = v.get_secret_value()
+    return None if isinstance(v, str) and not v.strip() else v
+
+
+Secret = Annotated[SecretStr | None, BeforeValidator(_unset_if_empty)]
+
+
+class SourceAuth(BaseModel):
+    """How one generic alert source proves it is itself (ROLLBACK_RECEIVER_SOURCES)."""
+
+    token: Secret = None
+    hmac_secret: Secret = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "SourceAuth":
+        if self.token is None and self.hmac_secret is None:
+            raise ValueError("give the source a token or an hmac_secret (non-empty)")
+        return self
 
 
 class Settings(BaseSettings):
@@ -74,12 +99,27 @@ class Settings(BaseSettings):
     receiver_port: int = Field(8090, alias="ROLLBACK_RECEIVER_PORT")
     receiver_token: SecretStr | None = Field(None, alias="ROLLBACK_RECEIVER_TOKEN")
     receiver_hmac_secret: SecretStr | None = Field(None, alias="ROLLBACK_RECEIVER_HMAC_SECRET")
+    # /alerts/generic: each source with its own credentials, so one cannot speak as another (JSON:
+    # {"synthetics": {"token": "..."}, "ci": {"hmac_secret": "..."}}).
+    receiver_sources: dict[str, SourceAuth] = Field(default_factory=dict, alias="ROLLBACK_RECEIVER_SOURCES")
+    # Identity (docs/identity.md). The worker checks Slack callbacks with the signing secret, and the
+    # starts the receiver and the auto-rollback check sign with the automation key (both hold it).
+    slack_signing_secret: SecretStr | None = Field(None, alias="ROLLBACK_SLACK_SIGNING_SECRET")
+    slack_response_url_prefixes: list[str] = Field(default_factory=lambda: ["https://hooks.slack.com/"],
+                                                   alias="ROLLBACK_SLACK_RESPONSE_URL_PREFIXES")
+    automation_key: SecretStr | None = Field(None, alias="ROLLBACK_AUTOMATION_KEY")
+    # starter.py's proof of who you are: a token, a file holding one, or a command printing one
+    # (e.g. "gcloud auth print-identity-token --audiences=rollbacks"); else 'starter.py login' (sandbox).
+    id_token: SecretStr | None = Field(None, alias="ROLLBACK_ID_TOKEN")
+    id_token_file: Path | None = Field(None, alias="ROLLBACK_ID_TOKEN_FILE")
+    id_token_command: str | None = Field(None, alias="ROLLBACK_ID_TOKEN_COMMAND")
     receiver_max_body: int = Field(256 * 1024, gt=0, alias="ROLLBACK_RECEIVER_MAX_BODY")
     log_format: Literal["auto", "json", "console"] = Field("auto", alias="ROLLBACK_LOG_FORMAT")
     log_level: str = Field("INFO", alias="ROLLBACK_LOG_LEVEL")
 
     @field_validator("temporal_api_key", "slack_webhook_url", "statuspage_token", "ticket_token",
-                     "pagerduty_routing_key", "receiver_token", "receiver_hmac_secret", mode="before")
+                     "pagerduty_routing_key", "receiver_token", "receiver_hmac_secret", "slack_signing_secret",
+                     "automation_key", "id_token", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, v: object) -> object:
         """A secret of only spaces counts as not set too (never a key); the preflight reports any
@@ -90,6 +130,30 @@ class Settings(BaseSettings):
     @property
     def ui_url(self) -> str | None:
         return self.web_ui_url or (None if self.temporal_address else f"http://127.0.0.1:{self.dev_ui_port}")
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> "Settings":
+        key = self.automation_key
+        if key is not None and len(key.get_secret_value()) < 32:
+            raise ValueError("ROLLBACK_AUTOMATION_KEY is shorter than 32 characters: anyone could guess it; make one "
+                             "with: python -c 'import secrets; print(secrets.token_hex(32))'")
+        return self
+
+    def automation_secret(self) -> SecretStr | None:
+        """ROLLBACK_AUTOMATION_KEY; in the sandbox without it, a key made once under the data dir, so
+        `make run` and `make receiver` share it."""
+        if self.automation_key is not None or self.aws != "sandbox":
+            return self.automation_key
+        path = self.data_dir / "automation.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32))
+            except FileExistsError:
+                pass  # the other process made it first
+        return SecretStr(path.read_text().strip())
 
     @property
     def address(self) -> str:

@@ -27,6 +27,7 @@ from sandbox.lambda_fleet import FUNCTION, catalog_entry as lambda_catalog_entry
 from sandbox.fleet import (BLUE_SERVICE, CLUSTER, CONTAINER, DB_INSTANCE, DB_SECRET, GREEN_SERVICE,
                            SERVICE, Fleet)
 from sandbox.metrics import BASELINE_ERROR_RATE, BASELINE_LATENCY, BOOKINGS, BUSINESS_NAMESPACE, NAMESPACE
+from sandbox.oidc import AUDIENCE, PERSON_CLAIM
 from sandbox.prometheus import BLUE_GREEN, SandboxPrometheus, p95_promql
 from common.policy import AUTO_ROLLBACK_REQUESTER
 
@@ -105,6 +106,22 @@ def alert_rules() -> list[dict[str, Any]]:
     ]
 
 
+ROLES = {"approvers": ["alice", "bob", "carol"], "on_call": ["dana"], "dbas": ["erin"], "security": ["frank"]}
+# How each person proves who they are: the sandbox issuer's email claim and a Slack user id.
+# zoe holds no role: she may ask for rollbacks, never approve them.
+DIRECTORY = {name: {PERSON_CLAIM: f"{name}@rastup.com", "slack_id": f"U0{name.upper()}"}
+             for name in ("alice", "bob", "carol", "dana", "erin", "frank", "zoe")}
+SLACK_TEAM = "T0SANDBOX"
+
+
+def identity_dict(http_base: str) -> dict[str, Any]:
+    """The sandbox's identity provider (sandbox/oidc.py, served by sandbox/endpoints.py) and Slack app."""
+    return {"mode": "oidc",
+            "oidc": {"issuer": f"{http_base.rstrip('/')}/oidc", "audience": AUDIENCE, "person_claim": PERSON_CLAIM,
+                     "max_token_age_minutes": 60},
+            "slack": {"team_id": SLACK_TEAM}}
+
+
 def catalog_dict(http_base: str, fleet: Fleet | None, prometheus: SandboxPrometheus | None = None) -> dict[str, Any]:
     """People and services as plain data; without a fleet, only ``api`` (no ALB ARNs to name).
     With the sandbox's ``prometheus``, latency_p95 is its histogram_quantile."""
@@ -123,8 +140,9 @@ def catalog_dict(http_base: str, fleet: Fleet | None, prometheus: SandboxPrometh
     if fleet is not None and fleet.distribution_id:
         site["distribution_id"] = fleet.distribution_id
     data = {
-        "people": {"approvers": ["alice", "bob", "carol"], "on_call": ["dana"],
-                   "dbas": ["erin"], "security": ["frank"]},
+        "people": {**{role: list(names) for role, names in ROLES.items()},
+                   **{name: dict(entry) for name, entry in DIRECTORY.items()}},
+        "identity": identity_dict(http_base),
         # Explicit, as every catalog must be: the runbook's Automation (the auto-rollback schedule,
         # for the services marked auto_rollback) proceeds without waiting for people.
         "policy": {"automation_may_proceed": [AUTO_ROLLBACK_REQUESTER]},

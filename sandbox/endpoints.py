@@ -9,11 +9,11 @@ from moto on every request, so a rollback (update_service, modify_listener) show
     /<prefix>/version  200 {"version": "v1.2.3", "revision": 43, "service": "api-service"}
     /<prefix>/search   200 {"query": "...", "results": [...], "version": "v1.2.3"}  (smoke check)
     /site/             the frontend's current index.html (see sandbox/frontend_fleet.py)
+    /oidc/...          the sandbox's identity provider (discovery, JWKS, login: sandbox/oidc.py)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sandbox.fleet import SERVICE, Fleet, Running, client, running
 from sandbox.frontend_fleet import site_index
+from sandbox.oidc import SandboxIssuer, reply
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
         prefix, _, endpoint = url.path.strip("/").partition("/")
         if prefix == "site":
             return self._site()
+        if prefix == "oidc" and self.server.issuer is not None:
+            return self._send(*self.server.issuer.answer("GET", endpoint, b""))
         try:
             service = self.server.live.service_for(prefix)
             if service is None:
@@ -71,6 +74,14 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return self._send(404, {"error": f"no such endpoint: {url.path}"})
         self._send(200, body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        """``POST /oidc/login {"person": "alice"}``: the sandbox IdP signs a token for a catalog person."""
+        prefix, _, endpoint = urlsplit(self.path).path.strip("/").partition("/")
+        if prefix != "oidc" or self.server.issuer is None:
+            return self._send(404, {"error": f"no such endpoint: {self.path}"})
+        length = min(int(self.headers.get("Content-Length") or 0), 4096)
+        self._send(*self.server.issuer.answer("POST", endpoint, self.rfile.read(length)))
 
     def _answer(self, service: str, endpoint: str, query: dict[str, list[str]]) -> dict[str, Any] | None:
         if endpoint == "health":
@@ -99,12 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        reply(self, status, body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("sandbox endpoint: " + format, *args)
@@ -113,16 +119,19 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, port: int, live: _Live) -> None:
+    def __init__(self, port: int, live: _Live, issuer: SandboxIssuer | None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
-        self.live = live
+        self.live, self.issuer = live, issuer
 
 
 class EndpointServer:
-    """The fake endpoints on 127.0.0.1:``port`` (0: any free port), served by a daemon thread."""
+    """The fake endpoints on 127.0.0.1:``port`` (0: any free port), served by a daemon thread;
+    with ``issuer``, also the sandbox's identity provider at ``<base_url>/oidc``."""
 
-    def __init__(self, endpoint_url: str, fleet: Fleet, port: int) -> None:
-        self._server = _Server(port, _Live(endpoint_url, fleet))
+    def __init__(self, endpoint_url: str, fleet: Fleet, port: int, issuer: SandboxIssuer | None = None) -> None:
+        self._server = _Server(port, _Live(endpoint_url, fleet), issuer)
+        if issuer is not None:
+            issuer.url = f"{self.base_url}/oidc"
         self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-endpoints",
                                         daemon=True)
 

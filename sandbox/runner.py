@@ -11,16 +11,18 @@ from pydantic import BaseModel
 from moto.server import ThreadedMotoServer
 
 from common.settings import SANDBOX_CATALOG_NAME
-from sandbox.catalog import write_catalog
+from sandbox.catalog import DIRECTORY, write_catalog
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import REGION, Fleet, seed
 from sandbox.metrics import MetricsEmitter
 from sandbox.moto_server import reset, start_moto
+from sandbox.oidc import PERSON_CLAIM, SandboxIssuer, load_or_create_key
 from sandbox.prometheus import SandboxPrometheus, start_prometheus
 
 log = logging.getLogger(__name__)
 
 CATALOG_NAME = SANDBOX_CATALOG_NAME  # where every entry point looks for it (common.settings.resolve_mode)
+OIDC_KEY_NAME = "oidc-signing-key.pem"
 
 
 def aws_env(endpoint_url: str, region: str = REGION) -> dict[str, str]:
@@ -36,7 +38,7 @@ def aws_env(endpoint_url: str, region: str = REGION) -> dict[str, str]:
 
 class SandboxInfo(BaseModel):
     endpoint_url: str  # moto, for boto3 (see aws_env)
-    http_base: str  # the fake public endpoints: <http_base>/api/version ...
+    http_base: str  # the fake public endpoints: <http_base>/api/version ... and the issuer at <http_base>/oidc
     catalog_path: Path  # the full catalog for this run (api and api-bg)
     fleet: Fleet
     prometheus_url: str | None = None  # the sandbox's Prometheus, where it runs
@@ -72,7 +74,9 @@ class Sandbox:
             self._moto, endpoint_url = start_moto(self.port)
             reset(endpoint_url)  # moto's state is per process: drop any earlier run's
             fleet = seed(endpoint_url, self.region)
-            self._endpoints = EndpointServer(endpoint_url, fleet, self.http_port)
+            issuer = SandboxIssuer(load_or_create_key(self.data_dir / OIDC_KEY_NAME),
+                                   {name: {PERSON_CLAIM: entry[PERSON_CLAIM]} for name, entry in DIRECTORY.items()})
+            self._endpoints = EndpointServer(endpoint_url, fleet, self.http_port, issuer)
             self._endpoints.start()
             self._metrics = MetricsEmitter(endpoint_url, self.metrics_interval, self.region)
             self._metrics.start()

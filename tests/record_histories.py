@@ -153,3 +153,25 @@ async def test_record_verdicts(ts_env, aws, catalog):
         put(aws, {"Service": catalog.suffix, "Version": "v1.2.2"}, noisy(0.2, 5), newest_minutes_ago=0.5)
         await h.result()
         await save(h, "service_validation_waits_for_evidence")
+
+
+async def test_record_identity(ts_env, aws, catalog):
+    """Decisions with proofs (identity-proofs): a typed approval refused, a proven severity change that
+    lowers the bar (by someone the matrix accepts there), a proven approval through the decide update."""
+    from common.models import DecisionRequest, Escalation
+    from tests.conftest import id_token
+
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        h = await ts_env.client.start_workflow(ServiceRollback.run, req(
+            catalog.api, severity="SEV-0", requested_by="zoe", id_token=id_token("zoe"), monitor_minutes=5),
+            id="rec-identity", task_queue=worker.task_queue)
+        await wait_phase(h, "awaiting_approval")
+        await h.signal(ServiceRollback.approve, Decision(approver="alice"))
+        await h.signal(ServiceRollback.escalate, Escalation(severity="SEV-1", by="bob", reason="fewer users affected",
+                                                          id_token=id_token("bob")))
+        outcome = await h.execute_update(ServiceRollback.decide, DecisionRequest(
+            decision="approve", approver="alice", id_token=id_token("alice")))
+        assert outcome.counted, outcome.message
+        result = await h.result()
+        assert result.phase.value == "succeeded" and len(result.approvals.refused) == 1
+        await save(h, "service_identity_proofs_succeeded")

@@ -13,7 +13,7 @@ from common.api import (
     AlreadyRunning, BadRequest, NoSuchRollback, RollbackEnded, Rollbacks, build_request, workflow_id,
 )
 from common.models import Evidence, Phase, ServiceRollbackInput
-from tests.conftest import FAST_POLICY, in_process_worker, write_catalog
+from tests.conftest import FAST_POLICY, id_token, in_process_worker, write_catalog
 from tests.helpers import running_revision
 
 
@@ -55,10 +55,15 @@ async def test_start_join_status_and_approve(dev_env, aws, tmp_path):
             assert sorted(x.summary for x in s.evidence) == [f"alert {i}" for i in range(5)]
             assert (await rb.status("service", wid)).workflow_id == wid  # a workflow id works too
 
-            outcome = await rb.approve("service", svc, approver="zoe")
+            outcome = await rb.approve("service", svc, approver="alice", comment="typed, not proven")
+            assert not outcome.counted and outcome.message.startswith("identity not proven: no proof was sent")
+            outcome = await rb.approve("service", svc, approver="zoe", id_token=id_token("zoe"))
             assert not outcome.counted and "zoe requested this rollback" in outcome.message
-            outcome = await rb.approve("service", svc, approver="alice", comment="go")
+            outcome = await rb.approve("service", svc, approver="alice", comment="go", id_token=id_token("alice"))
             assert outcome.counted and outcome.message.startswith("approval by alice counted; approved")
+            assert outcome.approvals.received[0].proof.kind == "oidc"
+            assert [r.reason.split(":")[0].split(";")[0] for r in outcome.approvals.refused] == [
+                "identity not proven", "zoe requested this rollback and cannot approve it at SEV-1"]
 
             s = await wait_status(rb, svc, "succeeded")
             assert s.phase == Phase.succeeded, s.message

@@ -29,13 +29,14 @@ from common.catalog import Catalog
 from common.models import Decision, RollbackStatus
 from sandbox.catalog import databases_dict
 from sandbox.lambda_fleet import FUNCTION, catalog_entry
-from tests.conftest import FAST_POLICY, RunCatalog, in_process_worker, write_catalog
+from tests.conftest import FAST_POLICY, RunCatalog, id_token, in_process_worker, proven, write_catalog
 from tests.fixtures.infra import DIRECTORY, TERRAFORM, TF_ENV, build_infra_repo
 from tests.helpers import new_id, status_of, wait_for
 from tests.support.recorder import Recorder
 
 SLOW = 0.6  # seconds the #incidents webhook (and the slow check endpoint) takes to answer
-BASE = {"severity": "SEV-2", "requested_by": "dana", "reason": "cancel sweep"}  # dana: on call, approved at start
+# dana: on call (and proven), approved at start
+BASE = proven({"severity": "SEV-2", "requested_by": "dana", "reason": "cancel sweep"})
 
 
 @dataclass
@@ -151,7 +152,7 @@ async def test_a_cancel_always_wins(dev_env, aws, tmp_path, slack, slow, kind):
         await h.cancel()
         for approver in case.approvers:
             try:
-                await h.signal("approve", Decision(approver=approver))
+                await h.signal("approve", Decision(approver=approver, id_token=id_token(approver)))
             except Exception:  # noqa: BLE001  (it may have ended already: the point is that nothing changes)
                 pass
         s = await ended(h)
@@ -162,7 +163,7 @@ async def test_a_cancel_always_wins(dev_env, aws, tmp_path, slack, slow, kind):
         h = await c.start_workflow(case.workflow, {**case.fields, **BASE}, id=new_id(kind), task_queue=tq)
         if len(case.approvers) > 1:  # the database also needs a DBA
             await wait_for(h, lambda s: s.phase.value == "awaiting_approval", 60, "the approval step")
-            await h.signal("approve", Decision(approver="erin"))
+            await h.signal("approve", Decision(approver="erin", id_token=id_token("erin")))
         await wait_for(h, lambda s: s.phase.value == case.after_change and any(
             ch.state == "made" for ch in s.changes), 90, f"{case.after_change} after a change")
         at_cancel, state_at_cancel = aws.faults.changes(), case.state()

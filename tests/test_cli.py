@@ -1,6 +1,7 @@
 """starter.py as the on-call engineer runs it: a subprocess against the real Temporal dev server,
 with an in-process worker and moto behind it. Assertions are on what a person sees: exit codes
-and messages.
+and messages. People prove who they are as in the sandbox: 'starter.py login NAME' gets a real
+signed ID token from the test's identity provider (sandbox/oidc.py over HTTP) and later commands send it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.temporal_locks import lock_id
 from common.models import ServiceRollbackInput
 from sandbox import aws_env
-from tests.conftest import in_process_worker
+from tests.conftest import id_token, in_process_worker
 from tests.helpers import running_revision, wait_phase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ def cli_env(dev_env, aws, catalog, task_queue: str = "no-worker-here", **overrid
     env.update(aws_env(aws.endpoint_url))
     env.update(TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
                ROLLBACK_TASK_QUEUE=task_queue, ROLLBACK_CATALOG=str(catalog.path), ROLLBACK_AWS="real",
+               ROLLBACK_DATA_DIR=str(catalog.path.parent / "data"),  # where 'login' keeps tokens
                COLUMNS="220")  # rich wraps at 80 columns when not on a terminal
     env.update(overrides)
     return env
@@ -80,6 +82,13 @@ def wid(service: str) -> str:
     return f"rollback-service-{service}"
 
 
+async def login(env: dict[str, str], *people: str) -> None:
+    for person in people:
+        code, out, err = await cli("login", person, env=env)
+        assert code == 0, err
+        assert out.startswith(f"logged in as {person} with ")
+
+
 async def stop(client: Client, *ids: str) -> None:
     """Leave nothing running on the shared dev server, whatever the test did."""
     for wf in ids:
@@ -99,9 +108,11 @@ async def test_start_approve_and_watch_until_rolled_back(dev_env, aws, fast_cata
             line = (await asyncio.wait_for(watcher.stderr.readline(), 15)).decode()
             assert f"waiting for {wid(svc)} to start" in line
 
+            await login(env, "zoe", "alice")
             code, out, err = await cli("start", svc, *START, "--monitor-minutes", "0.05", env=env)
             assert code == 0, err
             assert f"started {wid(svc)}" in out and f"status {svc} --watch" in out
+            assert "requested by zoe, with proof" in out
             assert "no worker" not in err
 
             code, out, err = await cli("start", svc, *START, env=env)
@@ -118,9 +129,15 @@ async def test_start_approve_and_watch_until_rolled_back(dev_env, aws, fast_cata
             assert code == 1
             assert out.startswith("NOT counted: zoe requested this rollback")
             assert "alice, bob, carol" in out
+            code, out, err = await cli("login", "mallory", env=env)  # not a person of the catalog: no token
+            assert code == 2 and "'mallory' is not a person of the catalog" in err
             code, out, err = await cli("approve", svc, "--as", "mallory", env=env)
             assert code == 1
-            assert out.startswith("NOT counted: mallory is not an eligible approver")
+            assert out.startswith("NOT counted: identity not proven: no proof was sent")
+            assert "to prove you are mallory: 'starter.py login NAME'" in out
+            assert "warning: no token proves you are mallory" in err
+            code, out, err = await cli("approve", svc, "--as", "bob", env=env)  # bob never logged in: typed only
+            assert code == 1 and out.startswith("NOT counted: identity not proven")
             assert running_revision(aws) == BAD  # nothing changed before approval
 
             code, out, err = await cli("approve", svc, "--as", "alice", "--comment", "go", env=env)
@@ -137,8 +154,11 @@ async def test_start_approve_and_watch_until_rolled_back(dev_env, aws, fast_cata
             assert code == 0, err
             s = json.loads(out)
             assert s["phase"] == "succeeded" and s["to_version"] == "v1.2.2"
-            assert [r["approver"] for r in s["approvals"]["received"]] == ["alice"]
-            assert [r["approver"] for r in s["approvals"]["refused"]] == ["zoe", "mallory"]
+            assert [(r["approver"], r["proof"]["kind"], r["proof"]["subject"]) for r in s["approvals"]["received"]] \
+                == [("alice", "oidc", "alice@rastup.com")]
+            assert [r["approver"] for r in s["approvals"]["refused"]] == ["zoe", "mallory", "bob"]
+            assert s["requester_proof"]["subject"] == "zoe@rastup.com"
+            assert "eyJ" not in out  # the status names the proof, never the token
 
             code, out, err = await cli("approve", svc, "--as", "bob", env=env)  # too late
             assert code == 1
@@ -233,6 +253,7 @@ async def test_reject_cancel_and_list(dev_env, aws, fast_catalog):
             assert code == 2
             assert f"workflow {lock} is not a rollback" in err
 
+            await login(env, "bob")
             code, out, err = await cli("reject", a, "--as", "bob", "--reason", "fix forward instead", env=env)
             assert code == 0, err
             assert out.startswith("recorded: rejected by bob")
@@ -269,12 +290,16 @@ async def test_escalate_and_approve_right_after_start(dev_env, aws, fast_catalog
     async with in_process_worker(dev_env.client, fast_catalog) as worker:
         env = cli_env(dev_env, aws, fast_catalog, worker.task_queue)
         try:
+            await login(env, "zoe", "dana", "alice", "bob")
             assert (await cli("start", svc, *START, env=env))[0] == 0
             # no waiting: the incident got worse while the first steps run
-            code, out, err = await cli("escalate", svc, "--severity", "SEV-9", "--as", "dana", env=env)
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-9", "--as", "dana", "--reason", "x", env=env)
             assert code == 2
             assert "--severity: Input should be 'SEV-0'" in err
             code, out, err = await cli("escalate", svc, "--severity", "SEV-0", "--as", "dana", env=env)
+            assert code == 2 and "the following arguments are required: --reason" in err
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-0", "--as", "dana",
+                                       "--reason", "more customers report errors", env=env)
             assert code == 0, err
             assert f"severity of {svc}: SEV-1 -> SEV-0; " in out
             # an approver quicker than the first steps: the CLI waits for the approval step
@@ -291,7 +316,18 @@ async def test_escalate_and_approve_right_after_start(dev_env, aws, fast_catalog
             code, out, err = await cli("status", svc, env=env)
             assert code == 0 and "approval: approver (SEV-0): 1/2 (by alice)  eligible: alice, bob, carol" in out
 
-            code, out, err = await cli("escalate", svc, "--severity", "SEV-1", "--as", "dana", env=env)
+            # carol never logged in: her name alone changes nothing
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-1", "--as", "carol", "--reason", "x", env=env)
+            assert code == 1 and out.startswith("NOT applied: severity change SEV-0 -> SEV-1 not applied: identity "
+                                                "not proven: no proof was sent")
+            # back down to SEV-1 asks less: only someone the matrix accepts as approver at SEV-1 may
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-1", "--as", "dana", "--reason", "x", env=env)
+            assert code == 1
+            assert out.startswith("NOT applied: severity change SEV-0 -> SEV-1 not applied: SEV-0 -> SEV-1 lowers "
+                                  "the approvals needed, so it takes someone the matrix accepts as approver at SEV-1 "
+                                  "(alice, bob, carol); dana is not")
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-1", "--as", "bob",
+                                       "--reason", "fewer users affected than feared", env=env)
             assert code == 0, err
             assert f"severity of {svc}: SEV-0 -> SEV-1; " in out  # alice's approval now suffices
             await wait_phase(dev_env.client.get_workflow_handle(wid(svc)), "monitoring")  # 30 minutes of it
@@ -299,9 +335,58 @@ async def test_escalate_and_approve_right_after_start(dev_env, aws, fast_catalog
             assert code == 0, err
             assert f"{svc}: cancelled - cancelled during monitoring; no further changes were made" in out
             assert running_revision(aws) == GOOD  # cancelling never moves traffic back to the bad version
-            code, out, err = await cli("escalate", svc, "--severity", "SEV-4", "--as", "dana", env=env)
+            code, out, err = await cli("escalate", svc, "--severity", "SEV-4", "--as", "dana", "--reason", "x", env=env)
             assert code == 1
             assert "has already ended (cancelled); nothing to escalate" in err
+        finally:
+            await stop(dev_env.client, wid(svc))
+
+
+async def test_tokens_from_env_file_or_command_decide_a_sev0_rollback(dev_env, aws, fast_catalog, tmp_path):
+    """The ways starter.py finds the caller's ID token (as an SSO helper or `gcloud auth
+    print-identity-token` would provide it); a stale or someone else's token counts for nothing."""
+    svc = fast_catalog.api
+    async with in_process_worker(dev_env.client, fast_catalog) as worker:
+        env = cli_env(dev_env, aws, fast_catalog, worker.task_queue)
+        try:
+            code, out, err = await cli("start", svc, "--severity", "SEV-0", "--requested-by", "zoe", "--reason",
+                                       "errors", "--monitor-minutes", "0.05",
+                                       env={**env, "ROLLBACK_ID_TOKEN": id_token("zoe")})
+            assert code == 0 and "requested by zoe, with proof" in out, err
+            printer = tmp_path / "print-token"
+            printer.write_text(f"#!/bin/sh\necho {id_token('alice')}\n")
+            printer.chmod(0o755)
+            code, out, err = await cli("approve", svc, "--as", "alice", env={**env, "ROLLBACK_ID_TOKEN_COMMAND": str(printer)})
+            assert code == 0, out + err
+            assert out.startswith("counted: approval by alice counted; still waiting for: 1 approver (SEV-0)")
+
+            failing = {**env, "ROLLBACK_ID_TOKEN_COMMAND": "false"}
+            code, out, err = await cli("approve", svc, "--as", "bob", env=failing)
+            assert code == 2 and "ROLLBACK_ID_TOKEN_COMMAND exited 1 without a token" in err
+            token_file = tmp_path / "bob.jwt"
+            token_file.write_text(aws.issuer.mint({"sub": "bob", "email": "bob@rastup.com"},
+                                                  issued=time.time() - 3600, minutes=10))
+            from_file = {**env, "ROLLBACK_ID_TOKEN_FILE": str(token_file)}
+            code, out, err = await cli("approve", svc, "--as", "bob", env=from_file)
+            assert code == 1
+            assert out.startswith("NOT counted: identity not proven: token expired 50 min ago")
+            assert f"the token from ROLLBACK_ID_TOKEN_FILE ({token_file}) is stale (it expired 50 min ago)" in err
+            code, out, err = await cli("approve", svc, "--as", "bob", env={**env, "ROLLBACK_ID_TOKEN": id_token("alice")})
+            assert code == 1 and out.startswith("NOT counted: identity not proven: the token proves alice "
+                                                "(alice@rastup.com), not bob")
+            assert running_revision(aws) == BAD
+            token_file.write_text(id_token("bob"))
+            code, out, err = await cli("approve", svc, "--as", "bob", env=from_file)
+            assert code == 0 and out.startswith("counted: approval by bob counted; approved"), out + err
+
+            code, out, err = await cli_until("status", svc, "--json", env=env, timeout=40,
+                                             until=lambda c, o, e: '"phase": "succeeded"' in o)
+            s = json.loads(out)
+            assert s["phase"] == "succeeded" and running_revision(aws) == GOOD
+            assert [(r["approver"], r["proof"]["kind"]) for r in s["approvals"]["received"]] == [
+                ("alice", "oidc"), ("bob", "oidc")]
+            code, out, err = await cli("status", svc, env=env)
+            assert "requested by zoe (OIDC token from " in out and "approved by bob at " in out
         finally:
             await stop(dev_env.client, wid(svc))
 

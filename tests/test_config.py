@@ -12,7 +12,7 @@ from temporalio.client import WorkflowFailureError
 
 from common.models import ConfigRollbackInput, RollbackStatus
 from sandbox.appconfig_fleet import API_KEY_NEW, API_KEY_OLD, API_KEY_SECRET, SETTINGS, SETTINGS_PROFILE, seed_config
-from tests.conftest import RunCatalog, in_process_worker
+from tests.conftest import RunCatalog, id_token, in_process_worker
 from tests.helpers import failure_text, new_id
 from tests.support.appconfig_state import AppConfigState
 from workflows.config import ConfigRollback
@@ -21,6 +21,7 @@ from workflows.config import ConfigRollback
 def request(target: str, **kw) -> ConfigRollbackInput:
     fields = dict(target=target, severity="SEV-2", requested_by="dana", reason="timeouts after the config change")
     fields.update(kw)
+    fields.setdefault("id_token", id_token(fields["requested_by"]))  # proven, as starter.py sends it
     return ConfigRollbackInput(**fields)
 
 

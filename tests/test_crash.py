@@ -25,7 +25,7 @@ import pytest
 
 from common.models import RollbackStatus, ServiceRollbackInput
 from sandbox import aws_env
-from tests.conftest import FAST_POLICY, Aws, write_catalog
+from tests.conftest import Aws, FAST_POLICY, id_token, write_catalog
 from tests.helpers import new_id, running_revision, wait_for
 from workflows.service import ServiceRollback
 
@@ -106,7 +106,7 @@ async def test_kill_between_gradual_steps_then_restart_applies_each_change_once(
     first = spawn_worker(env)
     handle = await dev_env.client.start_workflow(
         ServiceRollback.run,
-        ServiceRollbackInput(service=catalog.api_bg, severity="SEV-2", requested_by="dana",
+        ServiceRollbackInput(service=catalog.api_bg, severity="SEV-2", requested_by="dana", id_token=id_token("dana"),
                              reason="error rate after v1.2.3", rollout_percentages=[50, 100],
                              monitor_minutes=0.1),
         id=new_id("crash-bg"), task_queue=env["ROLLBACK_TASK_QUEUE"])
@@ -145,7 +145,7 @@ async def test_kill_while_monitoring_then_restart_finishes_without_redeploying(
     first = spawn_worker(env)
     handle = await dev_env.client.start_workflow(
         ServiceRollback.run,
-        ServiceRollbackInput(service=catalog.api, severity="SEV-2", requested_by="dana",
+        ServiceRollbackInput(service=catalog.api, severity="SEV-2", requested_by="dana", id_token=id_token("dana"),
                              reason="error rate after v1.2.3", monitor_minutes=0.3),
         id=new_id("crash-mon"), task_queue=env["ROLLBACK_TASK_QUEUE"])
 
@@ -204,7 +204,8 @@ async def test_kill_during_a_large_sync_resumes_from_the_heartbeat(dev_env, aws,
     handle = await dev_env.client.start_workflow(
         FrontendRollback.run,
         FrontendRollbackInput(site=catalog.name("web"), strategy="release_sync", to_release="v9.9.9",
-                              severity="SEV-2", requested_by="dana", reason="large release", monitor_minutes=0.05),
+                              severity="SEV-2", requested_by="dana", id_token=id_token("dana"), reason="large release",
+                              monitor_minutes=0.05),
         id=new_id("crash-sync"), task_queue=env["ROLLBACK_TASK_QUEUE"])
     deadline = time.monotonic() + 60
     while aws.faults.calls["CopyObject"] < 400:

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 
 from activities.rds import Snapshot
 from common.models import DatabaseRollbackInput, Decision
-from tests.conftest import RunCatalog, in_process_worker, write_catalog
+from tests.conftest import RunCatalog, id_token, in_process_worker, slack_proof, write_catalog
 from tests.helpers import failure_text, new_id, running_revision, status_of, wait_for, wait_phase
 from tests.pg import schema_version, seed_bookings, tables, upgrade
 from workflows.database import DatabaseRollback, choose_snapshot
@@ -47,6 +47,7 @@ def req(cat: RunCatalog, **kw) -> DatabaseRollbackInput:
     fields = dict(database=cat.name("bookings"), mode="migration", severity="SEV-2", requested_by="dana",
                   reason="bookings failing after deploy")
     fields.update(kw)
+    fields.setdefault("id_token", id_token(fields["requested_by"]))  # proven, as starter.py sends it
     return DatabaseRollbackInput(**fields)
 
 
@@ -181,12 +182,15 @@ async def test_snapshot_restore_needs_the_dba_then_restores_once_and_cuts_over_o
         assert s.approvals.eligible == ["erin"]
         ctx = s.approvals.context
         assert "pre-deploy-20251118-140000" in ctx and "will NOT be in" in ctx and "rastup-prod-rollback" in ctx
-        await handle.signal(DatabaseRollback.approve, Decision(approver="alice"))
+        await handle.signal(DatabaseRollback.approve, Decision(approver="alice", id_token=id_token("alice")))
         await wait_for(handle, lambda s: s.approvals.refused, what="alice refused")
         assert aws.faults.calls["RestoreDBInstanceFromDBSnapshot"] == 0  # nothing restored yet
-        await handle.signal(DatabaseRollback.approve, Decision(approver="erin"))
+        # the DBA presses Approve in #incidents: the signed Slack callback is the proof
+        await handle.signal(DatabaseRollback.approve, Decision(approver="erin",
+                                                               slack=slack_proof("U0ERIN", "approve", handle)))
         result = await handle.result()
     assert result.phase.value == "succeeded", result.message
+    assert [(r.approver, r.proof.kind) for r in result.approvals.received] == [("dana", "oidc"), ("erin", "slack")]
     rds = aws.client("rds")
     restored = rds.describe_db_instances(DBInstanceIdentifier="rastup-prod-rollback")["DBInstances"][0]
     original = rds.describe_db_instances(DBInstanceIdentifier="rastup-prod")["DBInstances"][0]
@@ -212,7 +216,7 @@ async def test_failing_integrity_check_stops_before_any_cutover(ts_env, aws, tmp
         handle = await ts_env.client.start_workflow(
             DatabaseRollback.run, req(cat, mode="snapshot_restore"), id=new_id(), task_queue=worker.task_queue)
         await wait_phase(handle, "awaiting_approval")
-        await handle.signal(DatabaseRollback.approve, Decision(approver="erin"))
+        await handle.signal(DatabaseRollback.approve, Decision(approver="erin", id_token=id_token("erin")))
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
         s = await status_of(handle)

@@ -1,5 +1,6 @@
 """A full SEV-2 rollback of `api` on the real dev server, started the way the Web UI and the
-`temporal` CLI do it: one JSON input, a signal to approve, a query to follow."""
+`temporal` CLI do it: one JSON input, a signal to approve (with the approver's ID token: a typed
+name alone does not count), a query to follow."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 
 import httpx
 
-from tests.conftest import binary, in_process_worker
+from tests.conftest import binary, id_token, in_process_worker
 from tests.helpers import new_id, running_revision
 
 
@@ -51,14 +52,29 @@ async def test_sev2_rollback_started_like_the_web_ui(dev_env, aws, fast_catalog)
                                         f'RollbackPhase="awaiting_approval" AND RollbackTarget="{fast_catalog.api}"')
         assert wf_id in listed
 
+        # the on-call engineer's name alone, as anyone with access to Temporal could type it: refused
         await temporal_cli(dev_env, "workflow", "signal", "--workflow-id", wf_id, "--name", "approve",
                            "--input", json.dumps({"approver": "dana", "comment": "go"}))
+        for _ in range(100):
+            out = await temporal_cli(dev_env, "workflow", "query", "--workflow-id", wf_id, "--type", "status",
+                                     "--output", "json")
+            if json.loads(out)["queryResult"][0]["approvals"]["refused"]:
+                break
+            await asyncio.sleep(0.2)
+        status = json.loads(out)["queryResult"][0]
+        assert status["phase"] == "awaiting_approval" and not status["approvals"]["received"], status["approvals"]
+        assert status["approvals"]["refused"][0]["reason"].startswith("identity not proven: no proof was sent")
+        assert running_revision(aws) == (43, "v1.2.3")
+        # ... and with her ID token
+        await temporal_cli(dev_env, "workflow", "signal", "--workflow-id", wf_id, "--name", "approve",
+                           "--input", json.dumps({"approver": "dana", "comment": "go", "id_token": id_token("dana")}))
         result = await dev_env.client.get_workflow_handle(wf_id).result()
 
     assert result["phase"] == "succeeded", result.get("message")
     assert running_revision(aws) == (42, "v1.2.2")
     assert httpx.get(f"{aws.http_base}/api/version").json()["version"] == "v1.2.2"
-    assert [a["approver"] for a in result["approvals"]["received"]] == ["dana"]
+    assert [(a["approver"], a["proof"]["kind"]) for a in result["approvals"]["received"]] == [("dana", "oidc")]
+    assert "eyJ" not in json.dumps(result)  # the status names the proof, never the token
     steps = {s["name"]: s["state"] for s in result["steps"]}
     assert steps == {"Identify previous stable version": "succeeded", "Verify in staging": "skipped",
                      "Approval": "succeeded", "Execute rollback": "succeeded", "Validate rollback": "succeeded",

@@ -13,7 +13,7 @@ from temporalio.client import WorkflowFailureError
 
 from common.models import Decision, FeatureFlagRollbackInput, RollbackStatus
 from sandbox.appconfig_fleet import FLAGS_DOCUMENT
-from tests.conftest import RunCatalog, in_process_worker, write_catalog
+from tests.conftest import RunCatalog, id_token, in_process_worker, write_catalog
 from tests.helpers import failure_text, new_id, wait_phase
 from tests.support.appconfig_state import AppConfigState
 from workflows.flags import FeatureFlagRollback
@@ -24,6 +24,7 @@ PROFILE = "feature-flags"
 def request(flag: str, **kw) -> FeatureFlagRollbackInput:
     fields = dict(flag=flag, severity="SEV-2", requested_by="dana", reason="conversion dropped in LA")
     fields.update(kw)
+    fields.setdefault("id_token", id_token(fields["requested_by"]))  # proven, as starter.py sends it
     return FeatureFlagRollbackInput(**fields)
 
 
@@ -126,7 +127,7 @@ async def test_kill_switch_asked_by_someone_else_waits_for_the_on_call(ts_env, a
         # Meanwhile someone deploys another flag change: the kill switch goes on top of it.
         meanwhile = FLAGS_DOCUMENT.replace('"variant": "b"', '"variant": "a"')
         assert state.publish(PROFILE, meanwhile) == 2
-        await handle.signal(FeatureFlagRollback.approve, Decision(approver="dana"))
+        await handle.signal(FeatureFlagRollback.approve, Decision(approver="dana", id_token=id_token("dana")))
         result: RollbackStatus = await handle.result()
     assert result.phase.value == "succeeded", result.message
     assert any("deployed revision 2 since the plan" in e.what for e in result.events)

@@ -11,7 +11,7 @@ from temporalio.client import WorkflowFailureError
 
 from common.models import FrontendRollbackInput
 from sandbox.frontend_fleet import SITE_BUCKET, release_files
-from tests.conftest import in_process_worker
+from tests.conftest import id_token, in_process_worker
 from tests.helpers import failure_text, new_id
 from workflows.frontend import FrontendRollback
 
@@ -20,6 +20,7 @@ def req(cat, **kw) -> FrontendRollbackInput:
     fields = dict(site=cat.name("web"), strategy="release_sync", to_release="v1.2.2", severity="SEV-2",
                   requested_by="dana", reason="checkout page broken in v1.2.3", monitor_minutes=10)
     fields.update(kw)
+    fields.setdefault("id_token", id_token(fields["requested_by"]))  # proven, as starter.py sends it
     return FrontendRollbackInput(**fields)
 
 

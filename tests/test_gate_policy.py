@@ -5,12 +5,15 @@ from datetime import datetime, timezone
 import pytest
 
 from common.catalog import People
+from common.identity import ProofRecord
 from common.models import Decision
 from common.policy import Policy
 from workflows.gate import ApprovalGate, ExtraRequirement
 
 NOW = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)
 PEOPLE = People(approvers=["alice", "bob", "carol"], on_call=["dana"], dbas=["erin"])
+OIDC = ProofRecord(kind="oidc", issuer="https://login.rastup.com/", subject="dana@rastup.com")
+AUTOMATION = ProofRecord(kind="automation", issuer="auto-rollback", subject="auto-rollback:error-rate")
 
 
 def gate(severity: str, requester: str = "zoe", **kw) -> ApprovalGate:
@@ -46,7 +49,8 @@ def test_unknown_approver_refused_with_who_could():
 
 
 def test_sev2_on_call_requester_is_approved_at_start_but_others_wait():
-    assert gate("SEV-2", requester="dana").approve_at_start(NOW)
+    g = gate("SEV-2", requester="dana", requester_proof=OIDC)
+    assert g.approve_at_start(NOW) and g.view.received[0].proof == OIDC
     g = gate("SEV-2", requester="zoe")
     assert not g.approve_at_start(NOW)
     assert g.view.eligible == ["dana"]
@@ -83,11 +87,12 @@ def test_default_policy_is_the_runbook_matrix(sev, n):
 
 def test_automation_listed_in_the_policy_proceeds_but_extra_requirements_stay():
     listed = Policy(automation_may_proceed=["auto-rollback:error-rate"])
-    g = gate("SEV-3", requester="auto-rollback:error-rate", policy=listed)
+    g = gate("SEV-3", requester="auto-rollback:error-rate", policy=listed, requester_proof=AUTOMATION)
     assert g.approve_at_start(NOW) and g.view.satisfied
-    g = gate("SEV-3", requester="alertmanager:some-other-rule", policy=listed)
+    g = gate("SEV-3", requester="alertmanager:some-other-rule", policy=listed, requester_proof=AUTOMATION)
     assert not g.approve_at_start(NOW) and not g.view.satisfied
-    g = gate("SEV-3", requester="auto-rollback:error-rate", extra=[ExtraRequirement(role="dbas")], policy=listed)
+    g = gate("SEV-3", requester="auto-rollback:error-rate", extra=[ExtraRequirement(role="dbas")], policy=listed,
+             requester_proof=AUTOMATION)
     g.approve_at_start(NOW)
     assert not g.view.satisfied and g.view.eligible == ["erin"]
 
@@ -96,5 +101,25 @@ def test_automation_listed_in_the_policy_proceeds_but_extra_requirements_stay():
 def test_nothing_is_automation_unless_the_catalog_lists_it(requester):
     """Copying the README's example rule high-error-rate must not make it a rollback without approval."""
     assert Policy().automation_may_proceed == []
-    g = gate("SEV-3", requester=requester)
+    g = gate("SEV-3", requester=requester, requester_proof=AUTOMATION)
     assert not g.approve_at_start(NOW) and not g.view.satisfied
+
+
+def test_a_typed_requester_gets_no_privilege():
+    """A name typed into requested_by, unproven, is neither the on-call engineer nor automation."""
+    listed = Policy(automation_may_proceed=["auto-rollback:error-rate"])
+    for requester in ("dana", "auto-rollback:error-rate"):
+        g = gate("SEV-2", requester=requester, policy=listed)
+        assert not g.approve_at_start(NOW) and g.view.received == [] and not g.view.satisfied
+    # automation's proof does not make a person of it, nor a person's proof automation
+    assert not gate("SEV-2", requester="dana", requester_proof=AUTOMATION).approve_at_start(NOW)
+    assert not gate("SEV-2", requester="auto-rollback:error-rate", requester_proof=OIDC,
+                    policy=listed).approve_at_start(NOW)
+    # identity.mode: unverified (said explicitly in the catalog): names count as typed
+    assert gate("SEV-2", requester="dana", requester_proof=ProofRecord(kind="unverified")).approve_at_start(NOW)
+
+
+def test_who_the_matrix_accepts_at_a_severity():
+    g = gate("SEV-0", requester="alice")
+    assert g.accepts_at("SEV-4", "dana") and not g.accepts_at("SEV-4", "alice")
+    assert g.accepts_at("SEV-1", "bob") and not g.accepts_at("SEV-1", "alice")  # never the requester at SEV-1

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from temporalio.client import WorkflowFailureError
 
-from common.models import Decision, InfraRollbackInput
-from tests.conftest import RunCatalog, in_process_worker, write_catalog
+from common.models import Decision, DecisionRequest, InfraRollbackInput
+from tests.conftest import RunCatalog, id_token, in_process_worker, slack_proof, write_catalog
 from tests.fixtures.infra import DIRECTORY, TERRAFORM, TF_ENV, InfraRepo, build_infra_repo
 from tests.helpers import failure_text, new_id, status_of, wait_for, wait_phase
 from workflows.infra import InfraRollback
@@ -51,6 +51,7 @@ def req(cat: RunCatalog, **kw) -> InfraRollbackInput:
     fields = dict(stack=cat.name("network"), severity="SEV-2", requested_by="dana",
                   reason="network change broke routing")
     fields.update(kw)
+    fields.setdefault("id_token", id_token(fields["requested_by"]))  # proven, as starter.py sends it
     return InfraRollbackInput(**fields)
 
 
@@ -86,16 +87,24 @@ async def test_destroying_plan_needs_two_approvers_then_the_saved_plan_is_applie
             "on-call engineer (SEV-2)": 1, "approver (plan destroys resources)": 2}
         assert repo.state.read_bytes() == state_before  # nothing applied before approval
 
-        await handle.signal(InfraRollback.approve, Decision(approver="alice"))
-        await handle.signal(InfraRollback.approve, Decision(approver="alice"))  # counts once
+        # alice as starter.py approves (the decide update, her OIDC token), then again: counts once
+        outcome = await handle.execute_update(InfraRollback.decide, DecisionRequest(
+            decision="approve", approver="alice", id_token=id_token("alice")))
+        assert outcome.counted and not outcome.approvals.satisfied
+        await handle.signal(InfraRollback.approve,  # counts once
+                            Decision(approver="alice", id_token=id_token("alice")))
         s = await wait_for(handle, lambda s: s.approvals.refused, what="alice's second approval refused")
         assert s.phase.value == "awaiting_approval" and not s.approvals.satisfied
         assert [r.approver for r in s.approvals.received] == ["dana", "alice"]
         assert repo.state.read_bytes() == state_before  # one approver is not enough
 
-        await handle.signal(InfraRollback.approve, Decision(approver="bob"))
+        # bob presses Approve in #incidents (a signed Slack callback)
+        await handle.signal(InfraRollback.approve, Decision(approver="bob", slack=slack_proof("U0BOB", "approve",
+                                                                                                handle)))
         result = await handle.result()
     assert result.phase.value == "succeeded", result.message
+    assert [(r.approver, r.proof.kind) for r in result.approvals.received] == [
+        ("dana", "oidc"), ("alice", "oidc"), ("bob", "slack")]
     assert repo.resources() == {"a": "alpha", "b": "v1"}  # c destroyed, b back: commit 1's resources
     assert repo.serial() > serial_before
     assert all(v == "succeeded" for k, v in steps(result).items()), steps(result)
@@ -115,7 +124,7 @@ async def test_a_plan_that_only_changes_needs_one_approver(ts_env, aws, tmp_path
         s = await wait_phase(handle, "awaiting_approval")
         assert s.plan[0].endswith("0 to add, 1 to change, 0 to destroy")
         assert {r.label: r.count for r in s.approvals.required} == {"approver (SEV-1)": 1}
-        await handle.signal(InfraRollback.approve, Decision(approver="alice"))
+        await handle.signal(InfraRollback.approve, Decision(approver="alice", id_token=id_token("alice")))
         result = await handle.result()
     assert result.phase.value == "succeeded", result.message
     assert repo.resources() == {"a": "alpha", "b": "v1"}
@@ -131,8 +140,8 @@ async def test_state_drift_between_plan_and_apply_fails_clearly_and_is_not_retri
         # while the plan waits for approval, someone applies another change from their checkout
         repo.terraform("apply", "-input=false", "-no-color", "-auto-approve", "-replace=terraform_data.a")
         drifted = repo.state.read_bytes()
-        await handle.signal(InfraRollback.approve, Decision(approver="alice"))
-        await handle.signal(InfraRollback.approve, Decision(approver="bob"))
+        await handle.signal(InfraRollback.approve, Decision(approver="alice", id_token=id_token("alice")))
+        await handle.signal(InfraRollback.approve, Decision(approver="bob", id_token=id_token("bob")))
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
         s = await status_of(handle)

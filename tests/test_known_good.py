@@ -24,12 +24,12 @@ from common.catalog import Catalog
 from common.models import AutoRollbackCheckInput, AutoRollbackReport, RollbackStatus
 from common.settings import Settings
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry, ensure_function
-from tests.conftest import FAST_POLICY, RunCatalog, in_process_worker, write_catalog
+from tests.conftest import FAST_POLICY, RunCatalog, id_token, in_process_worker, proven, write_catalog
 from tests.helpers import new_id, running_revision
 from tests.support.recorder import Recorder
 from worker import build_worker
 
-BASE = {"severity": "SEV-2", "requested_by": "dana", "reason": "errors after the release"}
+BASE = proven({"severity": "SEV-2", "requested_by": "dana", "reason": "errors after the release"})
 
 
 def tags(aws, arn: str) -> dict[str, str]:
@@ -176,7 +176,7 @@ async def test_the_auto_rollback_check_never_cascades(dev_env, aws, tmp_path):
 
 
 async def test_alerts_never_cascade_a_lambda_rollback(dev_env, aws, tmp_path):
-    from tests.test_receiver import BEARER, serving
+    from tests.test_receiver import BEARER, alertmanager as alertmanager_payload, serving
 
     catalog = write_catalog(tmp_path, aws, {**FAST_POLICY, "monitor_minutes": 0.05})
     name = catalog.name(FUNCTION)
@@ -188,14 +188,12 @@ async def test_alerts_never_cascade_a_lambda_rollback(dev_env, aws, tmp_path):
     catalog.path.write_text(yaml.safe_dump(catalog.data, sort_keys=False))
     lam = aws.client("lambda")
 
-    def alert(starts: datetime) -> dict:
-        return {"source": "alertmanager", "status": "firing", "summary": "errors",
-                "labels": {"alertname": "LambdaErrors", "function": name, "severity": "critical"},
-                "starts_at": starts.isoformat()}
+    def alert(starts: datetime) -> dict:  # from Alertmanager itself: the generic endpoint cannot speak as it
+        return alertmanager_payload(name, alertname="LambdaErrors", starts_at=starts, function=name)
 
     async with in_process_worker(dev_env.client, catalog) as worker, \
             serving(dev_env.client, catalog, worker.task_queue) as url, httpx.AsyncClient() as http:
-        answer = (await http.post(f"{url}/alerts/generic", json=alert(datetime.now(timezone.utc)),
+        answer = (await http.post(f"{url}/alerts/alertmanager", json=alert(datetime.now(timezone.utc)),
                                   headers=BEARER)).json()["results"][0]
         assert answer["outcome"] == "started"
         h = dev_env.client.get_workflow_handle(answer["workflow_id"])
@@ -203,13 +201,13 @@ async def test_alerts_never_cascade_a_lambda_rollback(dev_env, aws, tmp_path):
         assert lam.get_alias(FunctionName=FUNCTION, Name=ALIAS)["FunctionVersion"] == "3"
 
         # version 3 errs too; a new alert (it began after the rollback ended): within the cooldown, declined
-        answer = (await http.post(f"{url}/alerts/generic", json=alert(datetime.now(timezone.utc)),
+        answer = (await http.post(f"{url}/alerts/alertmanager", json=alert(datetime.now(timezone.utc)),
                                   headers=BEARER)).json()["results"][0]
         assert answer["outcome"] == "declined", answer
         assert "only a person can start another" in answer["message"]
 
         set_policy(catalog, auto_rollback_cooldown_minutes=0)  # no cooldown: the rollback itself refuses
-        answer = (await http.post(f"{url}/alerts/generic", json=alert(datetime.now(timezone.utc) +
+        answer = (await http.post(f"{url}/alerts/alertmanager", json=alert(datetime.now(timezone.utc) +
                                                                         timedelta(seconds=1)),
                                   headers=BEARER)).json()["results"][0]
         assert answer["outcome"] == "started"

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 from common.catalog import Catalog
 from common.models import Decision, LambdaRollbackInput, RollbackStatus
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry, ensure_function, seed_lambda
-from tests.conftest import RunCatalog, in_process_worker
+from tests.conftest import RunCatalog, id_token, in_process_worker
 from tests.helpers import failure_text, new_id, status_of, wait_for, wait_phase
 from workflows.lambda_fn import LambdaRollback
 
@@ -24,6 +24,7 @@ OTHER = "rastup-thumbnailer"  # a second function, for the fleet form
 def request(**kw) -> LambdaRollbackInput:
     fields = dict(severity="SEV-2", requested_by="dana", reason="errors after release 4")
     fields.update(kw)
+    fields.setdefault("id_token", id_token(fields["requested_by"]))  # proven, as starter.py sends it
     return LambdaRollbackInput(**fields)
 
 
@@ -151,7 +152,7 @@ async def test_fleet_rolls_back_every_function_with_one_approval(ts_env, aws, ca
         single = await ts_env.client.execute_workflow(
             LambdaRollback.run, request(function=names[1]), id=new_id(), task_queue=worker.task_queue)
         assert single.phase.value == "refused" and handle.id in single.message
-        await handle.signal(LambdaRollback.approve, Decision(approver="alice"))
+        await handle.signal(LambdaRollback.approve, Decision(approver="alice", id_token=id_token("alice")))
         result: RollbackStatus = await handle.result()
     assert result.phase.value == "succeeded", result.message
     assert alias(aws) == ("3", {}) and alias(aws, OTHER) == ("2", {})
@@ -183,7 +184,8 @@ async def test_failing_metric_between_routing_steps_pauses_and_holds(ts_env, aws
         await ts_env.sleep(timedelta(minutes=6))  # the wait before the next step passes
         s = await wait_phase(handle, "paused", timeout=60)
         assert "error_rate" in s.approvals.context and "held at 50%" in s.approvals.context
-        await handle.signal(LambdaRollback.reject, Decision(approver="dana", reason="look first"))
+        await handle.signal(LambdaRollback.reject, Decision(approver="dana", id_token=id_token("dana"),
+                                                            reason="look first"))
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
     assert "stopped at 50%" in failure_text(excinfo)

@@ -188,9 +188,11 @@ async def test_make_run_default_serves_a_rollback_stops_on_ctrl_c_and_keeps_hist
         assert f"Latency:  p95 from Prometheus http://127.0.0.1:{run.prom_port}" in banner
     else:
         assert "Latency:  CloudWatch Average, not a p95 (no Prometheus: Debian's" in banner
-    # the copy-paste command stands on one line, whatever the terminal's width
+    # the copy-paste commands stand on one line each, whatever the terminal's width
+    assert ".venv/bin/python starter.py login dana\n" in banner
     assert ".venv/bin/python starter.py start api --severity SEV-2 --requested-by dana " \
            "--reason 'error rate after v1.2.3'" in banner
+    assert "Identity: decisions count only with proof" in banner  # (the panel may wrap the issuer's URL)
 
     # the Web UI, the sandbox's service, the worker's Prometheus metrics
     get_eventually(f"http://127.0.0.1:{run.ui_port}/", lambda r: r.status_code == 200)
@@ -207,11 +209,14 @@ async def test_make_run_default_serves_a_rollback_stops_on_ctrl_c_and_keeps_hist
     for name in SEARCH_ATTRIBUTES:
         assert have.custom_attributes.get(name) == IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD, name
 
-    # the on-call engineer's rollback, through the CLI
+    # the on-call engineer proves who she is with the sandbox's identity provider, then rolls back
+    login = run.starter("login", "dana")
+    assert login.returncode == 0, login.stdout + login.stderr
+    assert (run.data_dir / "tokens" / "dana.jwt").is_file()
     started = run.starter("start", "api", "--severity", "SEV-2", "--requested-by", "dana", "--reason", "x",
                           "--monitor-minutes", "0.1")
     assert started.returncode == 0, started.stdout + started.stderr
-    assert WORKFLOW_ID in started.stdout
+    assert WORKFLOW_ID in started.stdout and "with proof" in started.stdout
     deadline = time.monotonic() + 40
     status: dict = {}
     while time.monotonic() < deadline:
@@ -223,7 +228,9 @@ async def test_make_run_default_serves_a_rollback_stops_on_ctrl_c_and_keeps_hist
         time.sleep(1)
     assert status.get("phase") == "succeeded", status or out.stderr
     assert (status["from_version"], status["to_version"]) == ("v1.2.3", "v1.2.2")
-    assert status["approvals"]["received"][0]["approver"] == "dana"
+    received = status["approvals"]["received"][0]
+    assert (received["approver"], received["proof"]["kind"], received["proof"]["issuer"]) == (
+        "dana", "oidc", f"{run.http_base}/oidc")  # verified against the sandbox issuer's JWKS, not a bypass
     assert version(run) == "v1.2.2"
 
     # Ctrl-C stops the worker and everything it started

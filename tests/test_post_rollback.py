@@ -9,7 +9,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from common.models import RollbackStatus, ServiceRollbackInput
-from tests.conftest import in_process_worker
+from tests.conftest import id_token, in_process_worker
 from tests.helpers import new_id, status_of
 from tests.support.recorder import Recorder
 from workflows.service import ServiceRollback
@@ -31,7 +31,7 @@ def receivers(monkeypatch):
 
 def req(cat, **kw) -> ServiceRollbackInput:
     return ServiceRollbackInput(**{"service": cat.api, "severity": "SEV-2", "requested_by": "dana",
-                                   "reason": "error rate after v1.2.3", **kw})
+                                   "reason": "error rate after v1.2.3", "id_token": id_token("dana"), **kw})
 
 
 async def test_actions_post_start_outcome_status_page_and_ticket(ts_env, aws, catalog, receivers):

@@ -37,6 +37,7 @@ from temporalio.service import RPCError
 
 from common.models import RollbackStatus
 from sandbox.moto_server import reset
+from sandbox.oidc import IssuerServer, SandboxIssuer, load_or_create_key
 from tests.fixtures.infra import DIRECTORY, TERRAFORM, TF_ENV, build_infra_repo
 from tests.support import checkout_fleet as shop_fleet
 from tests.helpers import stop_gently
@@ -82,10 +83,16 @@ class Deployment:
         return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def write_catalog(path: Path, shop: Checkout, http: str, repo: Path, work: Path) -> None:
-    """A catalog written from the README and docs/catalog.md, for the shop's fleet."""
+PEOPLE = ("alice", "bob", "dana", "erin")
+
+
+def write_catalog(path: Path, shop: Checkout, http: str, repo: Path, work: Path, issuer: str) -> None:
+    """A catalog written from the README, docs/catalog.md and docs/identity.md, for the shop's fleet."""
     path.write_text(yaml.safe_dump({
-        "people": {"approvers": ["alice", "bob"], "on_call": ["dana"], "dbas": ["erin"]},
+        "people": {"approvers": ["alice", "bob"], "on_call": ["dana"], "dbas": ["erin"],
+                   **{name: {"email": f"{name}@shop.example"} for name in PEOPLE}},
+        "identity": {"mode": "oidc", "oidc": {"issuer": issuer, "audience": "rollback-orchestrator",
+                                              "person_claim": "email"}},
         "policy": {"automation_may_proceed": ["alertmanager:checkout-exploit"], **FAST},
         "services": {"checkout": {
             "ecs": {"cluster": shop_fleet.CLUSTER, "service": shop_fleet.SERVICE, "container": shop_fleet.CONTAINER},
@@ -120,11 +127,20 @@ def deployment(dev_env, aws_server, tmp_path) -> Iterator[Deployment]:
     shop = shop_fleet.seed(aws_server.endpoint_url)
     endpoints = CheckoutEndpoints(shop)
     repo = build_infra_repo(tmp_path, "change")
+    # the shop's identity provider (a stand-in serving discovery, JWKS and a password-less login)
+    idp = IssuerServer(SandboxIssuer(load_or_create_key(tmp_path / "idp.pem"),
+                                     {name: {"email": f"{name}@shop.example"} for name in PEOPLE}))
     catalog = tmp_path / "catalog.yaml"
-    write_catalog(catalog, shop, endpoints.base_url, repo.path, tmp_path / "work")
+    write_catalog(catalog, shop, endpoints.base_url, repo.path, tmp_path / "work", idp.issuer.url)
+    # what the README's ROLLBACK_ID_TOKEN_COMMAND stands for (an SSO helper): a token for $ROLLBACK_AS
+    helper = tmp_path / "print-id-token"
+    helper.write_text(f"#!{sys.executable}\nimport os, httpx\nprint(httpx.post('{idp.issuer.url}/login', "
+                      "json={'person': os.environ['ROLLBACK_AS']}).json()['id_token'])\n")
+    helper.chmod(0o755)
     exported, _ = readme_production()
     values = {"TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host, "TEMPORAL_NAMESPACE": "default",
-              "ROLLBACK_AWS": "real", "ROLLBACK_CATALOG": str(catalog), "AWS_DEFAULT_REGION": "us-east-1"}
+              "ROLLBACK_AWS": "real", "ROLLBACK_CATALOG": str(catalog), "AWS_DEFAULT_REGION": "us-east-1",
+              "ROLLBACK_AUTOMATION_KEY": uuid.uuid4().hex + uuid.uuid4().hex, "ROLLBACK_ID_TOKEN_COMMAND": str(helper)}
     assert set(exported) == set(values), f"the README's production block exports {exported}"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "ROLLBACK_", "AWS_"))}
     env = {**base, **{name: values[name] for name in exported},
@@ -138,6 +154,7 @@ def deployment(dev_env, aws_server, tmp_path) -> Iterator[Deployment]:
         yield Deployment(shop=shop, catalog=catalog, env=env, tmp=tmp_path, state=repo.state)
     finally:
         endpoints.stop()
+        idp.stop()
 
 
 @contextmanager
@@ -213,11 +230,13 @@ async def test_the_readme_production_section_gives_a_working_worker_cli_and_rece
             d.run, shlex.join([".venv/bin/python", "starter.py", "start", *args, *common])) for args in starts.values()))
         for result in results:
             assert result.returncode == 0, result.stdout + result.stderr
-        # the receiver: an alert starts the kill switch, which the catalog lists as automation
-        answer = httpx.post(f"http://127.0.0.1:{port}/alerts/generic", timeout=30,
+        # the receiver: an Alertmanager alert starts the kill switch, which the catalog lists as automation
+        labels = {"alertname": "CheckoutExploit", "flag": shop_fleet.KILL_SWITCH}
+        answer = httpx.post(f"http://127.0.0.1:{port}/alerts/alertmanager", timeout=30,
                             headers={"Authorization": f"Bearer {TOKEN}"},
-                            json={"source": "alertmanager", "status": "firing", "summary": "card testing on checkout",
-                                  "labels": {"alertname": "CheckoutExploit", "flag": shop_fleet.KILL_SWITCH}})
+                            json={"version": "4", "groupKey": "{}:{}", "status": "firing", "receiver": "rollbacks",
+                                  "alerts": [{"status": "firing", "labels": labels,
+                                              "annotations": {"summary": "card testing on checkout"}}]})
         assert answer.status_code == 200 and answer.json()["started"] == 1, answer.text
         # the snapshot restore also needs a database administrator: erin approves from the CLI
         approved = await asyncio.to_thread(d.run, ".venv/bin/python starter.py approve orders --kind database "
@@ -249,6 +268,11 @@ async def test_the_readme_production_section_gives_a_working_worker_cli_and_rece
     assert secret_current(shop, shop_fleet.PAYMENTS_KEY) == "payments-key-old"
     flags = done[f"rollback-flag-{shop_fleet.KILL_SWITCH}"]
     assert flags.requested_by == "alertmanager:checkout-exploit" and flags.severity == "SEV-4"
+    assert (flags.requester_proof.kind, flags.requester_proof.issuer) == ("automation", "receiver")
+    # people proved who they are with the shop's identity provider, through ROLLBACK_ID_TOKEN_COMMAND
+    orders = done["rollback-database-orders"]
+    assert [(r.approver, r.proof.kind, r.proof.subject) for r in orders.approvals.received] == [
+        ("dana", "oidc", "dana@shop.example"), ("erin", "oidc", "erin@shop.example")]
 
 
 # --- each preflight failure, once: a real process refuses to start with one paragraph per problem ---

@@ -151,7 +151,7 @@ async def test_sandbox_rollback_validates_latency_on_a_real_p95(dev_env, aws, tm
     for that evidence, as it would in production."""
     from common.models import ServiceRollbackInput
     from sandbox.metrics import MetricsEmitter
-    from tests.conftest import FAST_POLICY, in_process_worker, write_catalog
+    from tests.conftest import FAST_POLICY, id_token, in_process_worker, write_catalog
     from tests.helpers import new_id
     from workflows.service import ServiceRollback
 
@@ -174,8 +174,8 @@ async def test_sandbox_rollback_validates_latency_on_a_real_p95(dev_env, aws, tm
     try:
         async with in_process_worker(dev_env.client, catalog) as worker:
             result = await dev_env.client.execute_workflow(ServiceRollback.run, ServiceRollbackInput(
-                service=catalog.api, severity="SEV-2", requested_by="dana", reason="p95 after v1.2.3",
-                monitor_minutes=0.05), id=new_id(), task_queue=worker.task_queue)
+                service=catalog.api, severity="SEV-2", requested_by="dana", id_token=id_token("dana"),
+                reason="p95 after v1.2.3", monitor_minutes=0.05), id=new_id(), task_queue=worker.task_queue)
     finally:
         emitter.stop()
     assert result.phase.value == "succeeded", result.message

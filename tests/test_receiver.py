@@ -29,14 +29,20 @@ from common.api import PROCEDURES, workflow_id
 from common.models import RollbackStatus
 from receiver import ReceiverConfig, create_app
 from sandbox import aws_env
+from common.settings import SourceAuth
 from sandbox.catalog import HIGH_ERROR_RATE_AUTOMATION, alert_rules
-from tests.conftest import FAST_POLICY, RunCatalog, in_process_worker, write_catalog
+from tests.conftest import AUTOMATION_KEY, FAST_POLICY, SLACK_SIGNING_SECRET, RunCatalog, in_process_worker, write_catalog
 from tests.helpers import running_revision
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-9f2c"
 SECRET = "test-hmac-secret-41ab"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+# the generic endpoint's sources, each with its own credentials
+SYNTHETICS_TOKEN, SYNTHETICS_SECRET, CI_TOKEN = "synthetics-token-77aa", "synthetics-hmac-1b2c", "ci-token-5e6f"
+SOURCES = {"synthetics": SourceAuth(token=SecretStr(SYNTHETICS_TOKEN), hmac_secret=SecretStr(SYNTHETICS_SECRET)),
+           "ci": SourceAuth(token=SecretStr(CI_TOKEN))}
+AS_CI = {"Authorization": f"Bearer {CI_TOKEN}"}
 
 
 def with_rules(catalog: RunCatalog) -> RunCatalog:
@@ -52,7 +58,9 @@ def with_rules(catalog: RunCatalog) -> RunCatalog:
 async def serving(client: Client, catalog: RunCatalog, task_queue: str, **config) -> AsyncIterator[str]:
     """receiver.py's app on a real socket (a free port), served by uvicorn in this event loop."""
     cfg = ReceiverConfig(task_queue=task_queue, catalog_path=catalog.path, **(
-        config or {"token": SecretStr(TOKEN), "hmac_secret": SecretStr(SECRET)}))
+        config or {"token": SecretStr(TOKEN), "hmac_secret": SecretStr(SECRET), "sources": SOURCES,
+                   "automation_key": SecretStr(AUTOMATION_KEY), "slack_signing_secret": SecretStr(SLACK_SIGNING_SECRET),
+                   "slack_response_url_prefixes": ["http://127.0.0.1:"]}))
     server = uvicorn.Server(uvicorn.Config(create_app(client, cfg), host="127.0.0.1", port=0, log_config=None,
                                            access_log=False, lifespan="off"))
     task = asyncio.create_task(server.serve())
@@ -86,9 +94,12 @@ def alertmanager(service: str, status: str = "firing", alertname: str = "HighErr
     }
 
 
-def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"X-Signature": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
-            "Content-Type": "application/json"}
+def signed(body: bytes, secret: str = SECRET, at: float | None = None) -> dict[str, str]:
+    """Signed as Grafana's webhook HMAC does with a timestamp header: HMAC-SHA256 of '<timestamp>:<body>'."""
+    stamp = str(int(at if at is not None else time.time()))
+    return {"X-Signature": "sha256=" + hmac.new(secret.encode(), stamp.encode() + b":" + body,
+                                                hashlib.sha256).hexdigest(),
+            "X-Signature-Timestamp": stamp, "Content-Type": "application/json"}
 
 
 async def start_input(handle: WorkflowHandle) -> tuple[str, dict]:
@@ -139,6 +150,7 @@ async def test_alert_storm_is_one_rollback_that_proceeds_without_approval(dev_en
             assert s.phase.value == "succeeded", s.message
             assert s.requested_by == "alertmanager:high-error-rate" and s.severity == "SEV-3"  # critical -> SEV-3
             assert not any("awaiting_approval" in e.what for e in s.events)  # the policy lets it proceed
+            assert (s.requester_proof.kind, s.requester_proof.issuer) == ("automation", "receiver")  # ... proven
             # every repeat counted, the first with the start; the first 10 kept verbatim (nothing wedges)
             assert s.evidence_received == 50 and len(s.evidence) == 10
             assert {(e.source, e.labels["service"], e.summary) for e in s.evidence} == {
@@ -177,14 +189,20 @@ async def test_unauthenticated_malformed_and_resolved_alerts_start_nothing(dev_e
                 http.post(am, content=firing, headers={"Authorization": "Bearer wrong-token"}),
                 http.post(am, content=firing, headers={"Authorization": f"Basic {TOKEN}"}),
                 http.post(am, content=firing, headers=signed(firing, "wrong-secret")),
-                http.post(am, content=firing, headers=signed(firing + b" ")),  # signature of another body
-                http.post("/alerts/generic", content=firing, headers={"X-Signature": "sha256=00"}),
+                http.post(am, content=firing, headers={**signed(firing + b" "),  # the signature of another body
+                                                       "Content-Type": "application/json"}),
+                http.post(am, content=firing, headers={"X-Signature": signed(firing)["X-Signature"]}),  # no time
             )
             for r in refused:
                 assert r.status_code == 401, r.text
-                assert r.json()["error"].startswith("unauthorized: send Authorization: Bearer <token> or "
-                                                    "X-Signature: sha256=<hex HMAC-SHA256 of the raw body>")
+                assert r.json()["error"].startswith(
+                    "unauthorized: send Authorization: Bearer <token> or X-Signature: sha256=<hex HMAC-SHA256 of "
+                    "'<X-Signature-Timestamp>:<raw body>'>")
                 assert TOKEN not in r.text and SECRET not in r.text
+            generic_refused = await http.post("/alerts/generic", content=firing, headers={"X-Signature": "sha256=00"})
+            assert generic_refused.status_code == 401
+            assert generic_refused.json()["error"].startswith("unauthorized: send Authorization: Bearer <the source's "
+                                                              "token> or X-Signature")
 
             bad_json = await http.post(am, content=b'{"version": "4", "alerts": [', headers=BEARER)
             assert bad_json.status_code == 400
@@ -196,7 +214,7 @@ async def test_unauthenticated_malformed_and_resolved_alerts_start_nothing(dev_e
             assert "alerts.0.labelz: Extra inputs are not permitted" in unknown_field.json()["error"]
             v3 = await http.post(am, json={**alertmanager(svc), "version": "3"}, headers=BEARER)
             assert v3.status_code == 422 and "version: Input should be '4' or '1'" in v3.json()["error"]
-            generic_extra = await http.post("/alerts/generic", headers=BEARER, json={
+            generic_extra = await http.post("/alerts/generic", headers=AS_CI, json={
                 "source": "ci", "status": "firing", "labels": {"alertname": "HighErrorRate", "service": svc},
                 "summary": "x", "severity": "critical"})
             assert generic_extra.status_code == 422
@@ -228,15 +246,18 @@ async def test_unauthenticated_malformed_and_resolved_alerts_start_nothing(dev_e
             # the right signature (generic payload): started, waiting for people (not an automation requester)
             generic = json.dumps({"source": "synthetics", "status": "firing", "summary": "checkout p95 900 ms",
                                   "labels": {"alertname": "HighLatencyP95", "service": bg, "severity": "warning"}})
-            ok = await http.post("/alerts/generic", content=generic.encode(), headers=signed(generic.encode()))
+            ok = await http.post("/alerts/generic", content=generic.encode(),
+                                 headers=signed(generic.encode(), SYNTHETICS_SECRET))
             assert ok.status_code == 200, ok.text
             assert ok.json()["started"] == 1 and ok.json()["results"][0]["workflow_id"] == bg_wid
             wf_type, started_with = await start_input(dev_env.client.get_workflow_handle(bg_wid))
             assert wf_type == "ServiceRollback"
+            proof = started_with.pop("automation_token")  # signed by the receiver for the worker
             assert started_with == {"service": bg, "severity": "SEV-2", "requested_by": "synthetics:high-latency",
                                     "reason": "synthetics alert HighLatencyP95: checkout p95 900 ms",
                                     "dry_run": False, "monitor_minutes": None, "to_version": None,
-                                    "rollout_percentages": None}
+                                    "rollout_percentages": None, "id_token": None}
+            assert proof.count(".") == 2 and SYNTHETICS_SECRET not in proof
 
             # Grafana's webhook (the same shape, version "1", its own fields): requested by grafana:<rule>
             grafana = {**alertmanager(bg, alertname="HighLatencyP95", severity="warning"), "version": "1",
@@ -301,6 +322,11 @@ def test_receiver_entry_point_needs_a_secret_and_serves_on_its_port(dev_env, aws
                                timeout=30)
     assert no_secret.returncode == 2
     assert "set ROLLBACK_RECEIVER_TOKEN (bearer token) or ROLLBACK_RECEIVER_HMAC_SECRET" in no_secret.stderr
+    empty = subprocess.run([sys.executable, "receiver.py"], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                           env={**env, "ROLLBACK_RECEIVER_TOKEN": "", "ROLLBACK_RECEIVER_HMAC_SECRET": ""})
+    assert empty.returncode == 2, empty.stderr  # empty values, as a compose file leaves them, are no secrets
+    assert "ROLLBACK_RECEIVER_TOKEN is set but empty" in empty.stderr
+    assert "the receiver never accepts unauthenticated alerts" in empty.stderr
 
     log = tmp_path / "receiver.log"
     with open(log, "wb") as out:
@@ -326,3 +352,83 @@ def test_receiver_entry_point_needs_a_secret_and_serves_on_its_port(dev_env, aws
     assert "receiver listening" in text and f":{port}" in text and "bearer token" in text
     assert "alert refused: not authenticated" in text
     assert TOKEN not in text  # secrets are never logged
+
+
+async def test_a_source_speaks_only_as_itself_and_signed_alerts_cannot_be_replayed(dev_env, aws, fast_catalog):
+    """The spoofs an outsider holding one source's credentials (or a captured request) would try:
+    none starts anything, each answer says why, and AWS is untouched."""
+    catalog = with_rules(fast_catalog)
+    svc, wid = catalog.api, workflow_id("service", catalog.api)
+    as_alertmanager = json.dumps({"source": "alertmanager", "status": "firing", "summary": "5xx at 2.4 %",
+                                  "labels": {"alertname": "HighErrorRate", "service": svc}}).encode()
+    firing = json.dumps(alertmanager(svc)).encode()
+    async with serving(dev_env.client, catalog, "no-worker-here") as url, \
+            httpx.AsyncClient(base_url=url, timeout=30) as http:
+        try:
+            # synthetics' own credentials, claiming to be alertmanager (whose rule proceeds without people)
+            for headers in ({"Authorization": f"Bearer {SYNTHETICS_TOKEN}"}, signed(as_alertmanager, SYNTHETICS_SECRET)):
+                r = await http.post("/alerts/generic", content=as_alertmanager, headers=headers)
+                assert r.status_code == 403, r.text
+                assert r.json()["error"] == ("these credentials are source 'synthetics''s; this alert says source "
+                                             "'alertmanager': a source sends only as itself (ROLLBACK_RECEIVER_SOURCES)")
+            # the Alertmanager endpoint's token is no generic source's
+            r = await http.post("/alerts/generic", content=as_alertmanager, headers=BEARER)
+            assert r.status_code == 401
+            # a signed request replayed (or sent with a clock) outside the 5-minute window
+            for at in (time.time() - 6 * 60, time.time() + 6 * 60):
+                r = await http.post("/alerts/alertmanager", content=firing, headers=signed(firing, at=at))
+                assert r.status_code == 401, r.text
+                assert "X-Signature-Timestamp is" in r.json()["error"] and "accepted for 5 minutes" in r.json()["error"]
+            await absent(dev_env.client, wid)
+            # ... while the same request signed now is taken
+            r = await http.post("/alerts/alertmanager", content=firing, headers=signed(firing))
+            assert r.status_code == 200 and r.json()["started"] == 1, r.text
+            await terminate(dev_env.client, wid)
+        finally:
+            await terminate(dev_env.client, wid)
+    assert aws.faults.calls["UpdateService"] == 0 and running_revision(aws) == (43, "v1.2.3")
+
+    # an empty secret (e.g. "ROLLBACK_RECEIVER_HMAC_SECRET=" in a compose file) is no secret
+    import pytest
+
+    with pytest.raises(ValueError, match="never accepts unauthenticated alerts"):
+        create_app(dev_env.client, ReceiverConfig(task_queue="q", catalog_path=catalog.path, token=SecretStr(""),
+                                                  hmac_secret=SecretStr("  ")))
+    async with serving(dev_env.client, catalog, "no-worker-here", token=SecretStr(TOKEN),
+                       hmac_secret=SecretStr("")) as url, httpx.AsyncClient(base_url=url, timeout=30) as http:
+        r = await http.post("/alerts/alertmanager", content=firing, headers=signed(firing, secret=""))
+        assert r.status_code == 401  # signed with the empty key: refused
+
+
+async def test_hostile_json_is_refused_with_400_or_422_never_500(dev_env, aws, fast_catalog):
+    catalog = with_rules(fast_catalog)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    deep_object = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+    huge_number = b'{"version": "4", "truncatedAlerts": ' + b"9" * 5000 + b"}"
+    nested_labels = {**alertmanager(catalog.api)}
+    nested_labels["alerts"][0]["labels"] = {"service": {"a": {"b": ["c"] * 10}}}
+    async with serving(dev_env.client, catalog, "no-worker-here", token=SecretStr(TOKEN),
+                       sources={"ci": SourceAuth(token=SecretStr(CI_TOKEN))},
+                       slack_signing_secret=SecretStr(SLACK_SIGNING_SECRET), max_body=1_000_000) as url, \
+            httpx.AsyncClient(base_url=url, timeout=30) as http:
+        answers = {
+            "deep array": await http.post("/alerts/alertmanager", content=deep, headers=BEARER),
+            "deep object": await http.post("/alerts/generic", content=deep_object, headers=AS_CI),
+            "huge number": await http.post("/alerts/alertmanager", content=huge_number, headers=BEARER),
+            "not UTF-8": await http.post("/alerts/generic", content=b'{"source": "\xff\xfe"}', headers=AS_CI),
+            "nested labels": await http.post("/alerts/alertmanager", json=nested_labels, headers=BEARER),
+        }
+        form = "payload=" + "%5B" * 50_000
+        stamp = str(int(time.time()))
+        from slack_sdk.signature import SignatureVerifier
+
+        sig = SignatureVerifier(SLACK_SIGNING_SECRET).generate_signature(timestamp=stamp, body=form)
+        answers["deep Slack payload"] = await http.post(
+            "/slack/interactions", content=form.encode(),
+            headers={"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": sig,
+                     "Content-Type": "application/x-www-form-urlencoded"})
+    for what, r in answers.items():
+        assert r.status_code in (400, 422), (what, r.status_code, r.text[:300])
+        assert r.json()["error"], what
+    assert answers["deep array"].json()["error"] == "body is nested too deeply to be an alert"
+    assert answers["nested labels"].status_code == 422

@@ -20,12 +20,12 @@ from common.catalog import Catalog
 from common.models import Decision, Evidence, RollbackStatus
 from sandbox.catalog import databases_dict
 from sandbox.lambda_fleet import FUNCTION, catalog_entry
-from tests.conftest import RunCatalog, in_process_worker
+from tests.conftest import RunCatalog, id_token, in_process_worker, proven
 from tests.helpers import failure_text, new_id, running_revision, status_of, wait_for, wait_phase
 from tests.support.recorder import Recorder
 
 SLACK, PAGE, TICKETS, PD = "/services/T0/B0/hook", "/v1/pages/p1", "/tickets", "/v2/enqueue"
-BASE = {"severity": "SEV-2", "requested_by": "dana", "reason": "errors after the release"}
+BASE = proven({"severity": "SEV-2", "requested_by": "dana", "reason": "errors after the release"})
 
 
 @pytest.fixture()
@@ -135,7 +135,7 @@ async def test_procedures_touching_the_same_service_never_act_at_once(ts_env, aw
             assert f"service rollback of {catalog.api} by zoe" in refused.message
         assert aws.faults.changes() == {}  # neither moved the secret nor restored a database
         try:  # (the time-skipping server may have let its 4 hours pass while we waited on the others)
-            await service.signal("reject", Decision(approver="dana", reason="done"))
+            await service.signal("reject", Decision(approver="dana", id_token=id_token("dana"), reason="done"))
         except RPCError:
             pass
         assert RollbackStatus.model_validate(await service.result()).phase.value in ("rejected", "timed_out")
@@ -178,7 +178,8 @@ async def test_a_fleet_takes_its_locks_at_once_all_or_nothing(ts_env, aws, catal
         # all or nothing: none of the other eleven stays locked
         for n in names[:7] + names[8:]:
             assert await released(ts_env.client, lock_id(f"lambda function {n}", worker.task_queue))
-        await one.signal("reject", Decision(approver="dana", reason="the fleet goes instead"))
+        await one.signal("reject", Decision(approver="dana", id_token=id_token("dana"),
+                                            reason="the fleet goes instead"))
         await one.result()
         h = await ts_env.client.start_workflow("LambdaRollback", {**fleet, "monitor_minutes": 5}, id=new_id("fleet"),
                                                task_queue=worker.task_queue)
@@ -264,7 +265,7 @@ async def test_an_undecided_gate_pages_the_on_call_then_the_secondary_and_resolv
         await ts_env.sleep(timedelta(minutes=15))
         await wait_for(h, lambda s: any(a.action == "page the secondary on-call" for a in s.actions), 30,
                        "the second page")
-        await h.signal("approve", Decision(approver="dana"))
+        await h.signal("approve", Decision(approver="dana", id_token=id_token("dana")))
         s = RollbackStatus.model_validate(await h.result())
     events = [r.body for r in outside.at(PD)]
     key = f"rollback/{h.id}/{h.result_run_id}"
@@ -287,7 +288,7 @@ async def test_sev0_has_no_response_time_so_nobody_is_paged(ts_env, aws, catalog
         await wait_phase(h, "awaiting_approval")
         await ts_env.sleep(timedelta(hours=3))
         await wait_for(h, lambda s: sum("reminder sent" in e.what for e in s.events) >= 2, 30, "reminders")
-        await h.signal("reject", Decision(approver="alice", reason="not needed"))
+        await h.signal("reject", Decision(approver="alice", id_token=id_token("alice"), reason="not needed"))
         await h.result()
     assert outside.at(PD) == []
 

@@ -58,6 +58,7 @@ async def test_a_breach_starts_one_rollback_that_proceeds_and_says_so_in_inciden
             s = RollbackStatus.model_validate(result)
             assert s.phase.value == "succeeded", s.message
             assert (s.requested_by, s.severity) == ("auto-rollback:error-rate", "SEV-2")
+            assert (s.requester_proof.kind, s.requester_proof.issuer) == ("automation", "auto-rollback")
             assert not any("awaiting_approval" in e.what for e in s.events)  # the policy lets it proceed
             assert len(s.evidence) == 2 and {e.source for e in s.evidence} == {"auto-rollback"}
             assert s.evidence[0].labels == {"service": svc, "version": "v1.2.3", "error_rate": "2.4",

@@ -26,14 +26,15 @@ async def test_sev0_needs_two_distinct_approvers_then_rolls_back_and_monitors(ts
         assert s.from_version == "v1.2.3" and s.to_version == "v1.2.2"
         assert s.approvals.eligible == ["alice", "bob", "carol"]
 
-        await handle.signal(ServiceRollback.approve, Decision(approver="alice"))
-        await handle.signal(ServiceRollback.approve, Decision(approver="alice", comment="again"))
+        await handle.signal(ServiceRollback.approve, Decision(approver="alice", id_token=aws.token("alice")))
+        await handle.signal(ServiceRollback.approve, Decision(approver="alice", id_token=aws.token("alice"),
+                                                              comment="again"))
         s = await wait_for(handle, lambda s: len(s.approvals.refused) == 1, what="duplicate refused")
         assert "count once" in s.approvals.refused[0].reason
         assert s.phase.value == "awaiting_approval"
         assert running_revision(aws) == (43, "v1.2.3")  # nothing changed before approval
 
-        await handle.signal(ServiceRollback.approve, Decision(approver="bob"))
+        await handle.signal(ServiceRollback.approve, Decision(approver="bob", id_token=aws.token("bob")))
         result: RollbackStatus = await handle.result()  # the 30-minute monitoring window skips
 
     assert result.phase.value == "succeeded"
@@ -50,16 +51,22 @@ async def test_sev0_needs_two_distinct_approvers_then_rolls_back_and_monitors(ts
 
 async def test_self_approval_and_unknown_approver_refused(ts_env, aws, catalog):
     async with in_process_worker(ts_env.client, catalog) as worker:
-        handle = await start(ts_env, worker, request(catalog.api, requested_by="alice"))
+        handle = await start(ts_env, worker, request(catalog.api, requested_by="alice",
+                                                     id_token=aws.token("alice")))
         await wait_phase(handle, "awaiting_approval")
-        await handle.signal(ServiceRollback.approve, Decision(approver="alice"))
-        await handle.signal(ServiceRollback.approve, Decision(approver="mallory"))
-        s = await wait_for(handle, lambda s: len(s.approvals.refused) == 2, what="two refusals")
+        await handle.signal(ServiceRollback.approve, Decision(approver="alice", id_token=aws.token("alice")))
+        await handle.signal(ServiceRollback.approve, Decision(approver="frank", id_token=aws.token("frank")))
+        await handle.signal(ServiceRollback.approve, Decision(
+            approver="mallory", id_token=aws.token("mallory", email="mallory@rastup.com")))
+        s = await wait_for(handle, lambda s: len(s.approvals.refused) == 3, what="three refusals")
         reasons = {r.approver: r.reason for r in s.approvals.refused}
         assert "requested this rollback" in reasons["alice"]
-        assert "not an eligible approver" in reasons["mallory"]
+        assert "not an eligible approver" in reasons["frank"]  # proven, in the catalog, but security
+        assert reasons["mallory"] == ("identity not proven: mallory@rastup.com is not in the catalog: nobody "
+                                      "under people: has email mallory@rastup.com")
         assert s.approvals.received == [] and s.phase.value == "awaiting_approval"
-        await handle.signal(ServiceRollback.reject, Decision(approver="bob", reason="wrong service"))
+        await handle.signal(ServiceRollback.reject, Decision(approver="bob", id_token=aws.token("bob"),
+                                                             reason="wrong service"))
         result = await handle.result()
     assert result.phase.value == "rejected"
     assert "wrong service" in result.message
@@ -69,7 +76,8 @@ async def test_reject_ends_with_no_ecs_change(ts_env, aws, catalog):
     async with in_process_worker(ts_env.client, catalog) as worker:
         handle = await start(ts_env, worker, request(catalog.api))
         await wait_phase(handle, "awaiting_approval")
-        await handle.signal(ServiceRollback.reject, Decision(approver="carol", reason="fix forward instead"))
+        await handle.signal(ServiceRollback.reject, Decision(approver="carol", id_token=aws.token("carol"),
+                                                             reason="fix forward instead"))
         result = await handle.result()
     assert result.phase.value == "rejected"
     assert running_revision(aws) == (43, "v1.2.3")
@@ -94,25 +102,33 @@ async def test_raising_severity_recomputes_the_requirement(ts_env, aws, catalog)
     async with in_process_worker(ts_env.client, catalog) as worker:
         handle = await start(ts_env, worker, request(catalog.api, severity="SEV-1"))
         await wait_phase(handle, "awaiting_approval")
-        await handle.signal(ServiceRollback.escalate, Escalation(severity="SEV-0", by="dana"))
+        await handle.signal(ServiceRollback.escalate, Escalation(severity="SEV-0", by="dana", reason="more users affected",
+                                                                    id_token=aws.token("dana")))
         s = await wait_for(handle, lambda s: s.severity == "SEV-0", what="escalation")
         assert s.approvals.required[0].count == 2
-        await handle.signal(ServiceRollback.approve, Decision(approver="alice"))
+        await handle.signal(ServiceRollback.approve, Decision(approver="alice", id_token=aws.token("alice")))
         s = await wait_for(handle, lambda s: len(s.approvals.received) == 1, what="one approval")
         assert s.phase.value == "awaiting_approval"  # SEV-1 would have been satisfied by now
         # ... and lowering to SEV-3 with the on-call engineer approving ends the wait
-        await handle.signal(ServiceRollback.escalate, Escalation(severity="SEV-3", by="dana"))
-        await handle.signal(ServiceRollback.approve, Decision(approver="dana"))
+        await handle.signal(ServiceRollback.escalate, Escalation(severity="SEV-3", by="dana", reason="major outage now",
+                                                                    id_token=aws.token("dana")))
+        await handle.signal(ServiceRollback.approve, Decision(approver="dana", id_token=aws.token("dana")))
         result = await handle.result()
     assert result.phase.value == "succeeded"
     assert any("severity changed SEV-1 -> SEV-0 by dana" in e.what for e in result.events)
+    assert [(c.from_severity, c.to_severity, c.by, c.reason, c.proof.kind) for c in result.severity_changes] == [
+        ("SEV-1", "SEV-0", "dana", "more users affected", "oidc"), ("SEV-0", "SEV-3", "dana", "major outage now", "oidc")]
     assert running_revision(aws) == (42, "v1.2.2")
 
 
 async def test_on_call_requester_at_sev2_is_approved_at_start(ts_env, aws, catalog):
     async with in_process_worker(ts_env.client, catalog) as worker:
-        handle = await start(ts_env, worker, request(catalog.api, severity="SEV-2", requested_by="dana"))
+        handle = await start(ts_env, worker, request(catalog.api, severity="SEV-2", requested_by="dana",
+                                                     id_token=aws.token("dana")))
         result = await handle.result()
     assert result.phase.value == "succeeded"
     assert result.approvals.received[0].approver == "dana"
     assert "approved at start" in result.approvals.received[0].note
+    proof = result.approvals.received[0].proof
+    assert (proof.kind, proof.issuer, proof.subject) == ("oidc", f"{aws.http_base}/oidc", "dana@rastup.com")
+    assert result.requester_proof == proof

@@ -9,7 +9,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from common.models import Decision, RollbackStatus, ServiceRollbackInput
-from tests.conftest import in_process_worker
+from tests.conftest import id_token, in_process_worker
 from tests.helpers import failure_text, new_id, running_revision, status_of, wait_for, wait_phase
 from workflows.service import ServiceRollback
 
@@ -17,6 +17,7 @@ from workflows.service import ServiceRollback
 def request(service: str, **kw) -> ServiceRollbackInput:
     fields = dict(service=service, severity="SEV-2", requested_by="dana", reason="error rate after v1.2.3")
     fields.update(kw)
+    fields.setdefault("id_token", id_token(fields["requested_by"]))  # proven, as starter.py sends it
     return ServiceRollbackInput(**fields)
 
 
@@ -59,7 +60,8 @@ async def test_failing_check_between_steps_pauses_and_never_flips_back(ts_env, a
         s = await wait_phase(handle, "paused", timeout=60)
         assert weights(aws) == {"blue": 50, "green": 50}
         assert "error_rate" in s.approvals.context and "held at 50%" in s.approvals.context
-        await handle.signal(ServiceRollback.reject, Decision(approver="dana", reason="investigate first"))
+        await handle.signal(ServiceRollback.reject, Decision(approver="dana", id_token=id_token("dana"),
+                                                             reason="investigate first"))
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
         s = await status_of(handle)
@@ -131,7 +133,7 @@ async def test_two_rollbacks_of_one_target_never_act_at_once_whatever_their_ids(
         assert refused.phase.value == "refused"
         assert "typed-in-the-ui-1" in refused.message
         assert aws.faults.calls["UpdateService"] == 0
-        await first.signal(ServiceRollback.reject, Decision(approver="dana", reason="done"))
+        await first.signal(ServiceRollback.reject, Decision(approver="dana", id_token=id_token("dana"), reason="done"))
         assert (await first.result()).phase.value == "rejected"
         # the lock is released when the holder ends: the next rollback goes ahead
         third = await ts_env.client.execute_workflow(
@@ -221,7 +223,7 @@ async def test_target_is_verified_in_staging_before_approval(ts_env, aws, catalo
         assert staging.state.value == "succeeded" and "v1.2.2 deployed in staging" in staging.detail
         assert running_revision(aws, "api-service-staging") == (42, "v1.2.2")
         assert running_revision(aws) == (43, "v1.2.3")  # production waits for the approval
-        await handle.signal(ServiceRollback.approve, Decision(approver="dana"))
+        await handle.signal(ServiceRollback.approve, Decision(approver="dana", id_token=id_token("dana")))
         assert (await handle.result()).phase.value == "succeeded"
     assert running_revision(aws) == (42, "v1.2.2")
 

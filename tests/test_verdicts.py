@@ -18,7 +18,7 @@ from activities.metrics import Samples
 from common.catalog import MetricQuery
 from common.models import Decision, ServiceRollbackInput
 from common.policy import Policy
-from tests.conftest import RunCatalog, in_process_worker
+from tests.conftest import RunCatalog, id_token, in_process_worker
 from tests.helpers import failure_text, new_id, status_of, wait_for, wait_phase
 from workflows.service import ServiceRollback
 from workflows.verdicts import Baseline, judge
@@ -122,7 +122,8 @@ def metric_of(catalog: RunCatalog, **kw) -> dict:
 
 def req(service: str, **kw) -> ServiceRollbackInput:
     return ServiceRollbackInput(**{"service": service, "severity": "SEV-2", "requested_by": "dana",
-                                   "reason": "error rate after v1.2.3", "monitor_minutes": 5, **kw})
+                                   "id_token": id_token("dana"), "reason": "error rate after v1.2.3",
+                                   "monitor_minutes": 5, **kw})
 
 
 def healthy_history(aws, catalog: RunCatalog, level: float, version: str = "v1.2.2") -> None:
@@ -193,7 +194,8 @@ async def test_no_data_pauses_a_gradual_rollback(ts_env, aws, catalog):
         await ts_env.sleep(timedelta(minutes=6))
         s = await wait_phase(handle, "paused", timeout=60)
         assert "not checked: 0 sample(s)" in s.approvals.context
-        await handle.signal(ServiceRollback.reject, Decision(approver="dana", reason="no data, look first"))
+        await handle.signal(ServiceRollback.reject, Decision(approver="dana", id_token=id_token("dana"),
+                                                             reason="no data, look first"))
         with pytest.raises(WorkflowFailureError):
             await handle.result()
 
@@ -229,7 +231,8 @@ async def test_one_spike_does_not_pause_two_consecutive_failures_do(ts_env, aws,
             s = await wait_phase(handle, "paused", timeout=60)
             assert "2 failing readings in a row" in s.approvals.context
             assert [r.verdict for r in s.readings if r.name == "error_rate"] == ["failed", "failed"]
-            await handle.signal(ServiceRollback.reject, Decision(approver="dana", reason="look first"))
+            await handle.signal(ServiceRollback.reject, Decision(approver="dana", id_token=id_token("dana"),
+                                                                 reason="look first"))
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
 
@@ -363,7 +366,7 @@ async def test_a_flag_rollback_that_does_not_bring_the_business_metric_back_is_a
     async with in_process_worker(ts_env.client, catalog) as worker:
         handle = await ts_env.client.start_workflow(FeatureFlagRollback.run, FeatureFlagRollbackInput(
             flag=flag, action="disable", all_cities=True, severity="SEV-2", requested_by="dana",
-            reason="bookings dropped"), id=new_id(), task_queue=worker.task_queue)
+            id_token=id_token("dana"), reason="bookings dropped"), id=new_id(), task_queue=worker.task_queue)
         with pytest.raises(WorkflowFailureError) as excinfo:
             await handle.result()
         s = await status_of(handle)
@@ -399,7 +402,7 @@ async def test_business_metric_drop_alert_to_flag_rollback_end_to_end(ts_env, aw
         assert started["kind"] == "flag" and started["workflow_id"] == f"rollback-flag-{flag}"
         handle = ts_env.client.get_workflow_handle(started["workflow_id"])
         await wait_phase(handle, "awaiting_approval")
-        await handle.signal("approve", Decision(approver="dana"))
+        await handle.signal("approve", Decision(approver="dana", id_token=id_token("dana")))
         await wait_for(handle, lambda s: any(st.name == "Validate rollback" and st.state.value == "running"
                                              for st in s.steps), timeout=60, what="validation")
         bookings(aws, catalog, noisy(99, 5, 4), newest_minutes_ago=0.5)  # the flag is off: bookings recover
@@ -443,7 +446,7 @@ async def test_a_flag_rollback_on_the_dev_server_is_judged_by_the_bookings_it_af
         async with in_process_worker(dev_env.client, catalog) as worker:
             handle = await dev_env.client.start_workflow(FeatureFlagRollback.run, FeatureFlagRollbackInput(
                 flag=flag, action="disable", all_cities=cities is None, cities=cities, severity="SEV-2",
-                requested_by="dana", reason="bookings dropped", monitor_minutes=0.05),
+                requested_by="dana", id_token=id_token("dana"), reason="bookings dropped", monitor_minutes=0.05),
                 id=new_id(), task_queue=worker.task_queue)
             if recovers:
                 result = await handle.result()

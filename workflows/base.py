@@ -12,24 +12,30 @@ from datetime import timedelta
 from typing import Awaitable, Callable
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.exceptions import ApplicationError, FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.catalog import CatalogActivities
+    from activities.identity import IdentityActivities
     from activities.incidents import IncidentActivities, IncidentNote
     from activities.notify import Notification, NotifyActivities
     from activities.temporal_locks import LockActivities, LockHolder, LockRequest, LocksRequest, LocksResult
     from common.catalog import Catalog, UnknownTarget
-    from common.models import (
-        FINAL_PHASES, ActionResult, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation, Evidence, Phase,
-        Refusal, RollbackRequest, RollbackStatus,
+    from common.identity import (
+        Action, ProofCheck, ProofRecord, SeverityChange, SlackCallback, Verified, Vouch, lowers_the_bar,
+        request_digest,
     )
+    from common.models import (
+        FINAL_PHASES, ActionResult, Approvals, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation,
+        Evidence, Phase, Refusal, RollbackRequest, RollbackStatus,
+    )
+    from common.policy import ROLE_LABEL
     from common.temporal import KIND, PHASE, SEVERITY, TARGET
     from workflows import bounds, changes
     from workflows.changes import Ledger
     from workflows.checklist import evaluate as evaluate_checklist
-    from workflows.gate import ApprovalGate, ExtraRequirement
-    from workflows.options import BATCH, NOTIFY, call
+    from workflows.gate import ApprovalGate, ExtraRequirement, severity_approvers
+    from workflows.options import BATCH, NOTIFY, VERIFY, call
     from workflows.pages import Pager
     from workflows.report import render_report, render_summary
     from workflows.timeline import Refused, StepFailed, Timeline, innermost_message as _innermost
@@ -40,6 +46,10 @@ APPROVAL = "Approval"
 # The rules of issue 10 ("never worse"): resolve before announcing or locking, resource locks,
 # a ledger of changes, cancel always wins, pages. Runs started before it replay as they ran.
 NEVER_WORSE = "never-worse"
+# Decisions and requester privileges count only with a verified proof (common/identity.py). Runs
+# recorded before this replay as they ran: names counted as typed.
+IDENTITY_PATCH = "identity-proofs"
+MAX_REFUSALS = 100  # outsiders can send any number of forged decisions: the status keeps the latest
 
 
 class GateClosed(Exception):
@@ -69,7 +79,7 @@ class RollbackWorkflow:
         self.timeline: Timeline | None = None
         self.gate: ApprovalGate | None = None
         self.catalog: Catalog | None = None
-        self._early: list[tuple[str, Decision]] = []
+        self._early: list[tuple[str, Decision, Verified | None]] = []
         self._early_escalations: list[Escalation] = []
         self._early_evidence: list[Evidence] = []
         self._early_evidence_count = 0
@@ -77,6 +87,11 @@ class RollbackWorkflow:
         self.ledger: Ledger | None = None  # the changes made; None when replaying a run from before it
         self.pager: Pager | None = None
         self._begun = False  # resolved, locked and announced
+        self._requester: ProofRecord | None = None  # how requested_by was proven (None: not, no privilege)
+        # Decisions are verified concurrently but applied one at a time in the order they arrived.
+        self._tickets, self._turn = 0, 0
+        self._finished: set[int] = set()
+        self._ending = False
 
     @property
     def s(self) -> RollbackStatus:
@@ -91,18 +106,18 @@ class RollbackWorkflow:
         return bounds.fit(self._status) if self._status is not None else None
 
     @workflow.signal
-    def approve(self, decision: Decision) -> None:
-        self._decide("approve", decision)
+    async def approve(self, decision: Decision) -> None:
+        await self._decide("approve", decision)
 
     @workflow.signal
-    def reject(self, decision: Decision) -> None:
-        self._decide("reject", decision)
+    async def reject(self, decision: Decision) -> None:
+        await self._decide("reject", decision)
 
     @workflow.update
-    def decide(self, req: DecisionRequest) -> DecisionOutcome:
-        """Approve or reject and learn at once whether it counted (used by starter.py)."""
-        counted, message = self._decide(req.decision, Decision(approver=req.approver, comment=req.comment,
-                                                                reason=req.reason))
+    async def decide(self, req: DecisionRequest) -> DecisionOutcome:
+        """Approve or reject and learn whether it counted once its proof is checked (starter.py, Slack)."""
+        counted, message = await self._decide(req.decision, Decision(
+            approver=req.approver, comment=req.comment, reason=req.reason, id_token=req.id_token, slack=req.slack))
         assert self.gate is not None
         return DecisionOutcome(counted=counted, message=message, approvals=self.gate.view)
 
@@ -128,8 +143,25 @@ class RollbackWorkflow:
         self._publish()
 
     @workflow.signal
-    def escalate(self, e: Escalation) -> None:
-        """Change the severity (e.g. the incident got worse); the approval requirement follows."""
+    async def escalate(self, e: Escalation) -> None:
+        """Change the severity (e.g. the incident got worse); the approval requirement follows.
+        A decision like any other: it needs proof, a reason and a person the policy allows."""
+        if not self._uses_proofs():
+            self._escalate_as_typed(e)
+            return
+        ticket = self._take_ticket()
+        announce = None
+        try:
+            proven = await self._prove(e.by, "escalate", id_token=e.id_token)
+            await workflow.wait_condition(lambda: self._turn == ticket and (self.catalog is not None or self._ending))
+            announce = self._apply_escalation(e, proven)
+        finally:
+            self._done(ticket)
+        if announce:
+            await self._notify(announce)
+
+    def _escalate_as_typed(self, e: Escalation) -> None:
+        """Before identity proofs (histories recorded then): the name counted as typed."""
         if self._status is None:
             self._early_escalations.append(e)  # arrived with the start: applied once the status exists
             return
@@ -146,18 +178,152 @@ class RollbackWorkflow:
             self.s.approvals = self.gate.view
         self._publish()
 
-    def _decide(self, what: str, d: Decision) -> tuple[bool, str]:
+    # --- identity: every decision's proof is checked here, once for every procedure ------
+
+    def _uses_proofs(self) -> bool:
+        return workflow.patched(IDENTITY_PATCH)
+
+    def _take_ticket(self) -> int:
+        self._tickets += 1
+        return self._tickets - 1
+
+    def _done(self, ticket: int) -> None:
+        self._finished.add(ticket)
+        while self._turn in self._finished:
+            self._turn += 1
+
+    async def _prove(self, claimed: str, action: Action, *, id_token: str | None = None,
+                     slack: SlackCallback | None = None, automation_token: str | None = None,
+                     kind: str = "", target: str = "", digest: str = "") -> Verified:
+        """The verification activity's answer; a check that cannot run refuses, saying why."""
+        info = workflow.info()
+        check = ProofCheck(claimed=claimed, action=action, workflow_id=info.workflow_id, run_id=info.run_id,
+                           id_token=id_token, slack=slack, automation_token=automation_token, kind=kind,
+                           target=target, request_digest=digest)
+        try:
+            return await call(IdentityActivities.verify_identity, check, options=VERIFY)
+        except FailureError as e:
+            if is_cancelled_exception(e):
+                raise
+            return Verified.refused(f"could not be checked: {_innermost(e)}")
+
+    def requester_proven(self) -> bool:
+        """requested_by proved to be a person (or the catalog says identities are not verified)."""
+        return self._requester is not None and self._requester.kind in ("oidc", "slack", "unverified")
+
+    async def _prove_requester(self, request: RollbackRequest) -> None:
+        """Who asked, proven or not: an unproven request runs, but its requester has no privilege."""
+        assert self.catalog is not None
+        if not self._uses_proofs():
+            self._requester = ProofRecord(kind="unverified")
+            return
+        self.s.verified = self.catalog.identity is None or self.catalog.identity.verified
+        if not self.s.verified:
+            self._event("APPROVALS ARE NOT VERIFIED: the catalog says identity.mode: unverified, so typed names count")
+        v = await self._prove(request.requested_by, "start", id_token=request.id_token,
+                              automation_token=request.automation_token, kind=self.kind, target=self.s.target,
+                              digest=request_digest(request))
+        if v.ok and v.proof is not None:
+            self._requester = self.s.requester_proof = v.proof
+            self._event(f"requested by {request.requested_by}: {v.proof.describe()}")
+        else:
+            self.s.requester_not_proven = v.reason
+            self._event(f"requested by {request.requested_by}, NOT proven ({v.reason}): the request gets no "
+                        "privilege and waits for proven approvals")
+        self._publish()
+
+    async def vouched(self, request: RollbackRequest, kind: str, target: str) -> RollbackRequest:
+        """A child rollback's request, signed by the worker for this rollback's proven requester."""
+        if not self._uses_proofs() or self._requester is None or self._requester.kind == "unverified":
+            return request
+        token = await call(IdentityActivities.vouch, Vouch(
+            requested_by=request.requested_by, kind=kind, target=target, digest=request_digest(request),
+            via=f"{self.kind} rollback {workflow.info().workflow_id}", proof=self._requester))
+        return request.model_copy(update={"automation_token": token}) if token else request
+
+    def _refused(self, who: str, action: str, reason: str) -> tuple[bool, str]:
+        refused = self.s.approvals.refused
+        refused.append(Refusal(approver=who, at=workflow.now(), reason=reason, action=action))
+        del refused[:-MAX_REFUSALS]
+        self._event(f"{action} by {who} refused: {reason}")
+        self._publish()
+        return False, reason
+
+    async def _decide(self, what: str, d: Decision) -> tuple[bool, str]:
+        if not self._uses_proofs():
+            return self._apply_decision(what, d, None)
+        ticket = self._take_ticket()
+        try:
+            proven = await self._prove(d.approver, what, id_token=d.id_token, slack=d.slack)  # type: ignore[arg-type]
+            await workflow.wait_condition(lambda: self._turn == ticket)
+            return self._apply_decision(what, d, proven)
+        finally:
+            self._done(ticket)
+
+    def _apply_decision(self, what: str, d: Decision, proven: Verified | None) -> tuple[bool, str]:
+        """``proven`` None: a run recorded before proofs, where the name counted as typed."""
+        if proven is not None and not proven.ok:
+            if self._status is None:  # cannot happen after a verification, which waits for the status
+                return False, f"identity not proven: {proven.reason}"
+            return self._refused(d.approver, what, f"identity not proven: {proven.reason}")
+        proof = proven.proof if proven is not None else None
         if self.gate is None or not self.gate.open:
             if self._status is None or self._status.phase == Phase.starting:
-                self._early.append((what, d))  # applied when the gate opens
+                self._early.append((what, d, proven))  # applied when the gate opens
                 return True, f"{what} recorded; it is applied when the approval step opens"
             reason = f"no approval is pending (phase: {self.s.phase.value})"
+            if proven is not None:
+                return self._refused(d.approver, what, reason)
             self.s.approvals.refused.append(Refusal(approver=d.approver, at=workflow.now(), reason=reason))
             return False, reason
-        counted, message = (self.gate.approve if what == "approve" else self.gate.reject)(d, workflow.now())
-        self._event(message if counted else f"{what} by {d.approver} refused: {message}")
+        counted, message = (self.gate.approve if what == "approve" else self.gate.reject)(d, workflow.now(), proof)
+        how = f" [{proof.describe()}]" if proof is not None else ""
+        self._event(message + how if counted else f"{what} by {d.approver} refused: {message}")
         self._publish()
         return counted, message
+
+    def _apply_escalation(self, e: Escalation, proven: Verified) -> str | None:
+        """Apply a proven severity change the policy allows; returns what to announce in #incidents."""
+        old, new = self.s.severity, e.severity
+
+        def refuse(why: str) -> None:
+            self._refused(e.by, "escalate", f"severity change {old} -> {new} not applied: {why}")
+
+        if self.s.phase in FINAL_PHASES or self.catalog is None:
+            return refuse(f"the rollback has ended ({self.s.phase.value})")
+        if not proven.ok or proven.proof is None:
+            return refuse(f"identity not proven: {proven.reason}")
+        who, why = proven.person, (e.reason or e.comment).strip()
+        policy, people = self.catalog.policy, self.catalog.people
+        if not why:
+            return refuse("a severity change needs a reason (starter.py escalate --reason, or \"reason\" in the signal)")
+        if new == old:
+            return refuse(f"the rollback is already {old}")
+        if not any(who in getattr(people, role) for role in policy.severity_setters):
+            setters = ", ".join(ROLE_LABEL[r] + "s" for r in policy.severity_setters)
+            return refuse(f"{who} may not change the severity (policy.severity_setters: {setters})")
+        if lowers_the_bar(old, new):
+            accepted = severity_approvers(policy, people, self.s.requested_by, new)
+            if who not in accepted:
+                return refuse(f"{old} -> {new} lowers the approvals needed, so it takes someone the matrix accepts as "
+                              f"approver at {new} ({', '.join(sorted(accepted)) or 'nobody'}); {who} is not")
+        proof = proven.proof
+        self.s.severity = new
+        self.s.severity_changes.append(SeverityChange(at=workflow.now(), from_severity=old, to_severity=new, by=who,
+                                                      reason=why, proof=proof))
+        self._event(f"severity changed {old} -> {new} by {who} [{proof.describe()}]: {why}")
+        workflow.upsert_search_attributes([SEVERITY.value_set(new)])
+        gate = self.gate
+        if gate is not None and gate.auto_approve:
+            gate.escalate(new)
+            if gate.open and gate.approve_at_start(workflow.now()):
+                self._event(f"{self.s.requested_by} is on call: approved at {new} per the decision matrix")
+            self.s.approvals = gate.view
+        elif gate is not None and gate.open:
+            self._event("the paused step still needs the approval it asked for: a severity change never decides it")
+        self._publish()
+        return (f"SEVERITY CHANGED: {self.kind} rollback of {self.s.target}: {old} -> {new} by {who}: {why}. "
+                f"Workflow: {self.s.workflow_id}")
 
     # --- the frame around every procedure --------------------------------------------
 
@@ -165,6 +331,7 @@ class RollbackWorkflow:
                       execute: Callable[[], Awaitable[None]]) -> RollbackStatus:
         never_worse = workflow.patched(NEVER_WORSE)  # before the first command
         info = workflow.info()
+        self._uses_proofs()  # decided once, at the start (replay: runs recorded before proofs stay as they were)
         self._status = RollbackStatus(
             kind=self.kind, target=target, severity=request.severity, requested_by=request.requested_by,
             reason=request.reason, dry_run=request.dry_run, workflow_id=info.workflow_id,
@@ -182,12 +349,13 @@ class RollbackWorkflow:
         if not request.dry_run:
             telemetry.count(telemetry.STARTED, kind=self.kind)
         for e in self._early_escalations:
-            self.escalate(e)
+            self._escalate_as_typed(e)
         for ev in self._early_evidence:
             self.add_evidence(ev)
         self.s.evidence_received += self._early_evidence_count - len(self._early_evidence)
         try:
             self.catalog = await call(CatalogActivities.load_catalog)
+            await self._prove_requester(request)
             if self.ledger is None and not request.dry_run:  # a run from before begin(): as it ran then
                 if not await self._acquire_lock(target):
                     return await self._wrap_up(Phase.refused)
@@ -279,6 +447,7 @@ class RollbackWorkflow:
 
     async def _wrap_up(self, phase: Phase) -> RollbackStatus:
         """The end of every rollback: the validation checklist, the post-rollback actions, the report."""
+        self._ending = True  # decisions still in flight are refused, and waited for below
         self.s.ended_at = workflow.now()
         self.set_phase(phase)
         if not self.s.dry_run:
@@ -294,6 +463,7 @@ class RollbackWorkflow:
             await self._post_rollback_actions(phase)
             self.s.report = bounds.report(render_report(self.s))  # now with the actions' outcomes
         self._publish()
+        await workflow.wait_condition(workflow.all_handlers_finished)  # every decision answered and recorded
         return self.s
 
     async def _post_rollback_actions(self, phase: Phase) -> None:
@@ -387,19 +557,23 @@ class RollbackWorkflow:
         assert self.catalog is not None and self.timeline is not None
         self.gate = ApprovalGate(policy=self.catalog.policy, people=self.catalog.people,
                                  requester=self.s.requested_by, severity=self.s.severity,
-                                 extra=extra or [], context=context)
+                                 extra=extra or [], context=context,
+                                 view=Approvals(refused=list(self.s.approvals.refused)),
+                                 requester_proof=self._requester, auto_approve=auto_approve_requester)
         self.s.approvals = self.gate.view
         async with self.timeline.step(step) as st:
             self.gate.open = True
             if auto_approve_requester and self.gate.approve_at_start(workflow.now()):
-                self._event(f"{self.s.requested_by} is on call: approved at start per the decision matrix")
-            for what, d in self._early:
-                self._decide(what, d)
+                how = f" [{self._requester.describe()}]" if self._requester else ""
+                self._event(f"{self.s.requested_by} is on call: approved at start per the decision matrix{how}")
+            for what, d, proven in self._early:
+                self._apply_decision(what, d, proven)
             self._early.clear()
             if not self.gate.decided:
                 self.set_phase(waiting_phase)
-                await self._notify(f"{self.kind} rollback of {self.s.target} ({self.s.severity}) needs approval: "
-                                   f"{context}. Waiting for {self.gate.waiting_for()}. Workflow: {self.s.workflow_id}")
+                text = (f"{self.kind} rollback of {self.s.target} ({self.s.severity}) needs approval: "
+                        f"{context}. Waiting for {self.gate.waiting_for()}. Workflow: {self.s.workflow_id}")
+                await (self._ask(text) if self._uses_proofs() else self._notify(text))
             waited_from = workflow.now()
             outcome = "cancelled"
             try:
@@ -423,6 +597,16 @@ class RollbackWorkflow:
                 st.detail = self.s.message
                 self.set_phase(Phase.timed_out)
             raise GateClosed(self.s.message)
+
+    async def _ask(self, text: str) -> None:
+        """The approval request in #incidents, with Approve / Reject buttons for this run (Slack)."""
+        note = Notification(text=text, workflow_id=self.s.workflow_id, run_id=workflow.info().run_id, buttons=True)
+        try:
+            await call(NotifyActivities.notify, note, options=NOTIFY)
+        except FailureError as e:
+            if is_cancelled_exception(e):
+                raise
+            self._event(f"notification failed: {_innermost(e)}")
 
     async def _remind(self, what: str) -> None:
         self._event(f"reminder sent: {what}")

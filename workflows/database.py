@@ -178,12 +178,12 @@ class DatabaseRollback(RollbackWorkflow):
             self.s.extra["application_rollback"] = child_id
             st.detail = f"child workflow {child_id}: approve it there"
             self._publish()
+            child = ServiceRollbackInput(service=db.app_service, to_version=self.request.to_version,
+                                         severity=self.s.severity, requested_by=self.s.requested_by,
+                                         reason=f"post-migration rollback of {self.request.database}: {self.s.reason}",
+                                         monitor_minutes=self.request.monitor_minutes)
             result: RollbackStatus = await workflow.execute_child_workflow(
-                ServiceRollback.run,
-                ServiceRollbackInput(service=db.app_service, to_version=self.request.to_version,
-                                     severity=self.s.severity, requested_by=self.s.requested_by,
-                                     reason=f"post-migration rollback of {self.request.database}: {self.s.reason}",
-                                     monitor_minutes=self.request.monitor_minutes),
+                ServiceRollback.run, await self.vouched(child, "service", db.app_service),
                 id=child_id, parent_close_policy=ParentClosePolicy.REQUEST_CANCEL)
             if result.phase != Phase.succeeded:
                 raise StepFailed(f"application rollback ended {result.phase.value}: {result.message}")

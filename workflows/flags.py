@@ -209,7 +209,8 @@ class FeatureFlagRollback(RollbackWorkflow):
         assert self.catalog is not None
         return (self.request.action == "kill_switch"
                 and self.s.severity in self.catalog.policy.kill_switch_immediate
-                and self.s.requested_by in self.catalog.people.on_call)
+                and self.s.requested_by in self.catalog.people.on_call
+                and self.requester_proven())  # a typed name is no on-call engineer
 
     async def _approve(self, ref: FlagRef, before: FlagSnapshot, expected: FlagValue) -> None:
         context = (f"{self.update_step.lower()}: flag {ref.key} from {_describe(before.value)} to "
@@ -224,7 +225,8 @@ class FeatureFlagRollback(RollbackWorkflow):
             self.s.approvals = Approvals(
                 required=[Requirement(label=f"on-call engineer ({sev}, kill switch)", count=1, eligible=[who],
                                       met_by=[who])],
-                received=[ApprovalRecord(approver=who, at=workflow.now(), note=note)], satisfied=True,
+                received=[ApprovalRecord(approver=who, at=workflow.now(), note=note, proof=self.s.requester_proof)],
+                satisfied=True,
                 context=context)
             self._event(f"{who}: {note}")
             st.detail = f"approved by {who} ({note})"

@@ -5,6 +5,11 @@ requirement a procedure adds (a DBA for a snapshot restore, two people for a des
 Terraform plan). Each approval is checked as it arrives; one that does not count is kept
 in ``refused`` with the reason. Approvals are matched to requirement slots so one person
 never fills two slots ("two approvals from one person count once").
+
+The gate counts people, not proofs: ``workflows/base.py`` verifies each decision's proof first
+(``common/identity.py``) and hands the gate only proven ones, with their ``ProofRecord``. The
+requester's privileges (the on-call engineer's own approval, automation the policy lets proceed)
+need ``requester_proof``: a typed name alone gets none.
 """
 
 from __future__ import annotations
@@ -17,8 +22,18 @@ from typing import Awaitable, Callable, Literal
 from temporalio import workflow
 
 from common.catalog import People
+from common.identity import ProofRecord
 from common.models import ApprovalRecord, Approvals, Decision, Refusal, Requirement
 from common.policy import ROLE_LABEL, Policy, Role
+
+
+def severity_approvers(policy: Policy, people: People, requester: str, severity: str) -> frozenset[str]:
+    """Whom the matrix accepts as approver at ``severity`` (never the requester where the rule says so)."""
+    rule = policy.rule(severity)
+    eligible = set(getattr(people, rule.approver_role))
+    if not rule.requester_may_approve:
+        eligible.discard(requester)
+    return frozenset(eligible)
 
 
 @dataclass
@@ -52,6 +67,8 @@ class ApprovalGate:
     context: str = ""
     view: Approvals = field(default_factory=Approvals)
     open: bool = False
+    requester_proof: ProofRecord | None = None  # None: requested_by is not proven, so it has no privilege
+    auto_approve: bool = True  # False for a paused step: only an explicit approve / reject decides it
 
     def __post_init__(self) -> None:
         self.view.context = self.context
@@ -61,8 +78,16 @@ class ApprovalGate:
 
     @property
     def automation(self) -> bool:
-        """The requester is automation the policy lets proceed (runbook: Automation)."""
-        return self.requester in self.policy.automation_may_proceed
+        """The requester is automation the policy lets proceed (runbook: Automation), proven as such."""
+        return self.requester in self.policy.automation_may_proceed and self._proven("automation")
+
+    def _proven(self, *kinds: str) -> bool:
+        proof = self.requester_proof
+        return proof is not None and proof.kind in (*kinds, "unverified")
+
+    def accepts_at(self, severity: str, person: str) -> bool:
+        """Would the matrix accept ``person`` as approver at ``severity``?"""
+        return person in severity_approvers(self.policy, self.people, self.requester, severity)
 
     def _requirements(self) -> list[tuple[str, int, frozenset[str]]]:
         rule = self.policy.rule(self.severity)
@@ -70,10 +95,8 @@ class ApprovalGate:
         if self.automation:
             return [(extra.label or ROLE_LABEL[extra.role], extra.count,
                      frozenset(set(getattr(self.people, extra.role)) - {self.requester})) for extra in self.extra]
-        eligible = set(getattr(self.people, rule.approver_role))
-        if not rule.requester_may_approve:
-            eligible.discard(self.requester)
-        reqs.append((f"{ROLE_LABEL[rule.approver_role]} ({self.severity})", rule.approvals, frozenset(eligible)))
+        eligible = severity_approvers(self.policy, self.people, self.requester, self.severity)
+        reqs.append((f"{ROLE_LABEL[rule.approver_role]} ({self.severity})", rule.approvals, eligible))
         for extra in self.extra:
             names = set(getattr(self.people, extra.role)) - {self.requester}
             count = extra.count
@@ -126,12 +149,12 @@ class ApprovalGate:
 
     # --- decisions -------------------------------------------------------------------
 
-    def _refuse(self, d: Decision, at: datetime, reason: str) -> tuple[bool, str]:
-        self.view.refused.append(Refusal(approver=d.approver, at=at, reason=reason))
+    def _refuse(self, d: Decision, at: datetime, reason: str, action: str = "approve") -> tuple[bool, str]:
+        self.view.refused.append(Refusal(approver=d.approver, at=at, reason=reason, action=action))
         return False, reason
 
-    def approve(self, d: Decision, at: datetime) -> tuple[bool, str]:
-        """Record an approval; returns (counted, message)."""
+    def approve(self, d: Decision, at: datetime, proof: ProofRecord | None = None) -> tuple[bool, str]:
+        """Record an approval by a proven person; returns (counted, message)."""
         if not self.open:
             return self._refuse(d, at, "no approval is pending for this rollback right now")
         who = d.approver
@@ -145,18 +168,19 @@ class ApprovalGate:
             return self._refuse(d, at, f"{who} is not an eligible approver for this {self.severity} "
                                        f"rollback (eligible: {', '.join(self._all_eligible()) or 'nobody'}); "
                                        "add them to the catalog's people or ask an eligible person")
-        self.view.received.append(ApprovalRecord(approver=who, at=at, comment=d.comment))
+        self.view.received.append(ApprovalRecord(approver=who, at=at, comment=d.comment, proof=proof))
         self._recompute()
         left = "approved" if self.view.satisfied else f"still waiting for: {self.waiting_for()}"
         return True, f"approval by {who} counted; {left}"
 
-    def reject(self, d: Decision, at: datetime) -> tuple[bool, str]:
+    def reject(self, d: Decision, at: datetime, proof: ProofRecord | None = None) -> tuple[bool, str]:
         if not self.open:
-            return self._refuse(d, at, "no approval is pending for this rollback right now")
+            return self._refuse(d, at, "no approval is pending for this rollback right now", "reject")
         if d.approver != self.requester and d.approver not in self._all_eligible():
             return self._refuse(d, at, f"{d.approver} may not reject this rollback "
-                                       f"(eligible approvers and the requester may)")
-        self.view.rejected_by = ApprovalRecord(approver=d.approver, at=at, comment=d.reason or d.comment)
+                                       f"(eligible approvers and the requester may)", "reject")
+        self.view.rejected_by = ApprovalRecord(approver=d.approver, at=at, comment=d.reason or d.comment,
+                                               proof=proof)
         return True, f"rejected by {d.approver}"
 
     def escalate(self, severity: str) -> None:
@@ -165,19 +189,20 @@ class ApprovalGate:
 
     def approve_at_start(self, at: datetime) -> bool:
         """SEV-2+: a rollback requested by the on-call engineer is approved at start; so is one
-        requested by automation the policy lets proceed."""
+        requested by automation the policy lets proceed. Both only when the requester is proven."""
         if self.automation:
             if not any(r.approver == self.requester for r in self.view.received):
                 self.view.received.append(ApprovalRecord(
-                    approver=self.requester, at=at,
+                    approver=self.requester, at=at, proof=self.requester_proof,
                     note="automation allowed to proceed by policy (automation_may_proceed)"))
                 self._recompute()
             return True
         rule = self.policy.rule(self.severity)
-        if rule.requester_may_approve and self.requester in getattr(self.people, rule.approver_role):
+        if rule.requester_may_approve and self.requester in getattr(self.people, rule.approver_role) \
+                and self._proven("oidc", "slack"):
             if not any(r.approver == self.requester for r in self.view.received):
                 self.view.received.append(ApprovalRecord(
-                    approver=self.requester, at=at,
+                    approver=self.requester, at=at, proof=self.requester_proof,
                     note=f"requested by the {ROLE_LABEL[rule.approver_role]} at {self.severity}: "
                          "approved at start per the decision matrix"))
                 self._recompute()

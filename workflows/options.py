@@ -54,6 +54,15 @@ NOTIFY: dict[str, Any] = dict(
     retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3),
 )
 
+# Checking a proof (activities/identity.py): a person waits for the answer, so a short retry of an
+# unreachable identity provider, then the decision is refused saying so.
+VERIFY: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=15),
+    schedule_to_close_timeout=timedelta(seconds=45),
+    retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5),
+                             non_retryable_error_types=["CatalogError"]),
+)
+
 
 async def call(fn: Callable[..., Any], arg: Any = None, *, options: dict[str, Any] | None = None) -> Any:
     """Run an activity (function or method of an activity class) with shared options.

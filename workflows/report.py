@@ -12,11 +12,20 @@ def _t(dt) -> str:
     return dt.strftime("%H:%M:%S") if dt else "--:--:--"
 
 
+def _requester(s: RollbackStatus) -> str:
+    """Who asked, and how that is proven (or why it is not: then the request has no privilege)."""
+    if s.requester_proof is not None:
+        return f"{s.requested_by} ({s.requester_proof.describe()})"
+    return f"{s.requested_by} (not proven: {s.requester_not_proven})" if s.requester_not_proven else s.requested_by
+
+
 def render_summary(s: RollbackStatus) -> str:
     lines = [
         f"## {s.kind} rollback: {s.target} — **{s.phase.value}**",
-        f"{s.severity} · requested by {s.requested_by} · {s.reason}",
+        f"{s.severity} · requested by {_requester(s)} · {s.reason}",
     ]
+    if not s.verified:
+        lines.append("**approvals are not verified** (the catalog's identity.mode is unverified)")
     if s.from_version or s.to_version:
         lines.append(f"version: {s.from_version or '?'} → {s.to_version or '?'}")
     a = s.approvals
@@ -41,15 +50,21 @@ def render_report(s: RollbackStatus) -> str:
         f"# Rollback report: {s.kind} {s.target}",
         "",
         f"- Outcome: **{s.phase.value}**" + (f" — {s.message}" if s.message else ""),
-        f"- Severity: {s.severity}; requested by {s.requested_by}: {s.reason}",
+        f"- Severity: {s.severity}; requested by {_requester(s)}: {s.reason}",
         f"- Versions: {s.from_version or '?'} → {s.to_version or '?'}",
         f"- Workflow: {s.workflow_id}; started {s.started_at}; ended {s.ended_at}",
     ]
+    if not s.verified:
+        lines.append("- **Approvals are not verified** (the catalog's identity.mode is unverified)")
     if s.approvals.received:
         lines.append("- Approved by: " + ", ".join(
-            f"{r.approver} at {_t(r.at)}" + (f" ({r.note})" if r.note else "") for r in s.approvals.received))
+            f"{r.approver} at {_t(r.at)}" + (f" [{r.proof.describe()}]" if r.proof else "")
+            + (f" ({r.note})" if r.note else "") for r in s.approvals.received))
+    lines += [f"- Severity changed {c.from_severity} → {c.to_severity} at {_t(c.at)} by {c.by}"
+              + (f" [{c.proof.describe()}]" if c.proof else "") + f": {c.reason}" for c in s.severity_changes]
     if s.approvals.refused:
-        lines.append("- Refused approvals: " + "; ".join(f"{r.approver}: {r.reason}" for r in s.approvals.refused))
+        lines.append("- Refused decisions: " + "; ".join(f"{r.approver}" + (f" ({r.action})" if r.action else "")
+                                                        + f": {r.reason}" for r in s.approvals.refused))
     lines += ["", "## Steps", "", "| step | state | started | ended | detail |", "|---|---|---|---|---|"]
     lines += [f"| {st.name} | {st.state.value} | {_t(st.started_at)} | {_t(st.ended_at)} | {st.detail} |"
               for st in s.steps]
