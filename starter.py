@@ -10,6 +10,7 @@
     starter.py cancel api
     starter.py schedule pause|resume|status [--note ...]   (the auto-rollback schedule)
     starter.py doctor                                      (the worker's start-up checks, on demand)
+    starter.py release record v1.2.3 --service api=v1.2.3 --flag new_feature_enabled   (also: show, list)
 
 A target is a catalog name (``api``) or a workflow id (``rollback-service-api``, or any id
 typed in the Web UI that is not a catalog name). Who you are is proven by an OIDC ID token, not by
@@ -28,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
+import shlex
 import sys
 import time
 from datetime import datetime
@@ -38,14 +42,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as markup_escape
 from rich.table import Table
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from common import api, id_tokens
-from common.api import PROCEDURES, RollbackError, Rollbacks, describe_validation, read_catalog, state
+from common import api, id_tokens, web_ui
+from common.api import (PROCEDURES, RollbackError, Rollbacks, catalog_kind, describe_validation, known_names,
+                        read_catalog, state)
 from common.models import FINAL_PHASES, Escalation, Phase, RollbackStatus
 from common.preflight import preflight
 from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
@@ -63,7 +68,26 @@ FLAGS = {"severity": "--severity", "requested_by": "--requested-by", "reason": "
          "to_version": "--to-version", "rollout_percentages": "--rollout", "monitor_minutes": "--monitor-minutes",
          "by": "--as", "service": "target"}
 ENDED_OK = (Phase.succeeded, Phase.planned)
+# --wait-until: the phases at which each is reached (an end is always one; it succeeded or not);
+# "changed" is also reached by the first change made (a gradual rollback's first shift)
+WAIT_UNTIL = {"changed": {Phase.validating, Phase.monitoring}, "validated": {Phase.monitoring}, "done": set()}
 POLL_SECONDS = 1.0
+# Terminal control characters (ESC, NUL, BEL, ...): text from outside (a reason, a comment) never reaches the
+# terminal with them, so it cannot move the cursor, retitle the window or ring the bell.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape(text: object) -> str:
+    """Text for rich: control characters dropped, markup escaped."""
+    return markup_escape(CONTROL.sub("", str(text)))
+
+
+def invocation() -> str:
+    """This CLI as it was run (e.g. ``.venv/bin/python starter.py``), so the hints it prints work as printed."""
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("starter.py") else "starter.py"
+    python = sys.executable
+    rel = os.path.relpath(python)
+    return f"{shlex.quote(python if rel.startswith('..') else rel)} {shlex.quote(script)}"
 
 
 class CliError(RollbackError):
@@ -75,6 +99,18 @@ class CliError(RollbackError):
 
 def catalog_path(settings: Settings) -> Path:
     return resolve_mode(settings).catalog  # the worker's catalog, in every mode (checked in main())
+
+
+def start_kind(settings: Settings, target: str) -> str:
+    """The kind of a catalog name (names are unique across kinds); an unknown name is refused, listing them."""
+    catalog = read_catalog(catalog_path(settings))
+    if catalog is None:
+        return "service"  # unreadable here: the worker's catalog decides, and says why
+    kind = catalog_kind(catalog, target)
+    if kind is None:
+        raise CliError(f"{target!r} is not in the catalog {catalog_path(settings)} ({known_names(catalog)}); "
+                       "fix the name, or add it to the catalog")
+    return kind
 
 
 def rollbacks(client: Client, settings: Settings) -> Rollbacks:
@@ -116,8 +152,7 @@ PHASE_STYLE = {"succeeded": "bold green", "failed": "bold red", "rejected": "bol
 
 
 def waiting_for(s: RollbackStatus) -> str:
-    return "; ".join(f"{r.count - len(r.met_by)} {r.label} of {', '.join(r.eligible) or 'nobody listed'}"
-                     for r in s.approvals.required if len(r.met_by) < r.count)
+    return "; ".join(r.missing() for r in s.approvals.required if len(r.met_by) < r.count)
 
 
 def render(s: RollbackStatus) -> Table:
@@ -158,6 +193,8 @@ def render(s: RollbackStatus) -> Table:
             checks.add_row(e(c.name), res, "" if c.value is None else e(str(c.value)),
                            "" if c.baseline is None else e(str(c.baseline)), e(c.detail))
         outer.add_row(checks)
+    if progress(s):
+        outer.add_row(f"monitoring: {e(progress(s))}")
     if s.regressions:
         outer.add_row(f"[bold red]{len(s.regressions)} regression(s) while monitoring[/]")
     for p in s.plan if s.dry_run else []:
@@ -167,9 +204,38 @@ def render(s: RollbackStatus) -> Table:
     return outer
 
 
+def progress(s: RollbackStatus) -> str:
+    """While monitoring: the round, the latest values against their limits, the next check and the end."""
+    m = s.monitoring
+    if m is None or s.phase != Phase.monitoring:
+        return ""
+    values = ", ".join(f"{c.name} {fmt(c.value)}" + (f" (limit {fmt(c.limit)})" if c.limit is not None else
+                                                     f" (baseline {fmt(c.baseline)})" if c.baseline is not None else "")
+                       for c in s.checks if c.value is not None)
+    when = lambda t: f"{t.astimezone():%H:%M:%S}" if t else "?"  # noqa: E731
+    return (f"round {m.round} of {m.rounds}" + (f"; latest: {values}" if values else "")
+            + (f"; next check at {when(m.next_check_at)}" if m.next_check_at else "")
+            + f"; monitoring ends at {when(m.ends_at)}")
+
+
+def fmt(v: object) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def step_lines(s: RollbackStatus, seen: dict[str, str]) -> list[str]:
+    """A line for each step that started or ended since the last call (``seen``: step -> state)."""
+    lines = []
+    for st in s.steps:
+        if seen.get(st.name) != st.state.value:
+            seen[st.name] = st.state.value
+            lines.append(f"{s.target}: {st.name}: {st.state.value}" + (f" - {st.detail}" if st.detail else ""))
+    return lines
+
+
 def one_line(s: RollbackStatus) -> str:
-    """A line per phase change, for `status --watch` into a file or pipe."""
-    extra = s.message or (f"waiting for {waiting_for(s)}" if s.phase == Phase.awaiting_approval else "")
+    """A line per phase change (and monitoring round), for `status --watch` into a file or pipe."""
+    extra = (progress(s) or s.message
+             or (f"waiting for {waiting_for(s)}" if s.phase == Phase.awaiting_approval else ""))
     return f"{s.target}: {s.phase.value}" + (f" - {extra}" if extra else "")
 
 
@@ -199,17 +265,19 @@ async def cmd_start(client: Client, settings: Settings, a: argparse.Namespace) -
     started = await rb.start(a.kind, request)
     console.print(f"started [bold]{started.workflow_id}[/bold] ({escape(request.severity)}, requested by "
                   f"{escape(request.requested_by)}{', with proof' if request.id_token else ', NOT proven'}); "
-                  f"follow it: starter.py status {escape(a.target)} --watch")
+                  f"follow it: {escape(api.CLI)} status {escape(shlex.quote(a.target))} --watch")
     if not await rb.worker_polling():
         err.print(f"[yellow]warning:[/yellow] no worker is polling task queue {settings.task_queue!r}; the rollback "
                   "will not move until one does. Start it with 'make run' or check ROLLBACK_TASK_QUEUE.")
-    if a.wait:
-        return await cmd_status(client, settings, argparse.Namespace(target=a.target, kind=a.kind,
-                                                                     watch=True, json=False))
+    if a.wait or a.wait_until:
+        return await cmd_status(client, settings, argparse.Namespace(
+            target=a.target, kind=a.kind, watch=True, json=False, until=a.wait_until or "done"))
     return 0
 
 
 async def cmd_decide(client: Client, settings: Settings, a: argparse.Namespace) -> int:
+    if a.command == "reject" and not (a.reason or "").strip():
+        raise CliError('a rejection needs a reason, recorded and shown to everyone: --reason "why not"')
     outcome = await rollbacks(client, settings).decide(
         a.kind, a.target, a.command, a.as_, a.comment or "", a.reason or "",
         on_wait=lambda message: err.print(escape(message)), id_token=proof_for(settings, a.as_))
@@ -252,7 +320,8 @@ async def cmd_escalate(client: Client, settings: Settings, a: argparse.Namespace
                           + escape(not_proven_hint(refused[-1].reason, a.as_)))
             return 1
         await asyncio.sleep(0.5)
-    console.print(f"escalation to {escape(e.severity)} sent; not confirmed yet: check 'starter.py status {a.target}'")
+    console.print(f"escalation to {escape(e.severity)} sent; not confirmed yet: check "
+                  f"'{escape(api.CLI)} status {escape(shlex.quote(a.target))}'")
     return 0
 
 
@@ -274,6 +343,8 @@ async def watch(rb: Rollbacks, handle: WorkflowHandle, settings: Settings, a: ar
     from rich.live import Live
 
     said, last = "", ""
+    until = getattr(a, "until", "done")
+    steps_seen: dict[str, str] = {}
     live = Live(console=console, refresh_per_second=2) if console.is_terminal else None
     try:
         if live:
@@ -304,9 +375,20 @@ async def watch(rb: Rollbacks, handle: WorkflowHandle, settings: Settings, a: ar
                     if not live:
                         console.print(render(s))
                     return exit_code(s)
-                if not live and (line := one_line(s)) != last:  # a pipe or file: a line per change
-                    console.print(f"{datetime.now():%H:%M:%S} {escape(line)}")
-                    last = line
+                if not live:  # a pipe or file: a line per step as it happens, and per change of phase or round
+                    for line in step_lines(s, steps_seen) + [one_line(s)]:
+                        if line != last:
+                            console.print(f"{datetime.now():%H:%M:%S} {escape(line)}")
+                            last = line
+                if s.phase in WAIT_UNTIL.get(until, ()) or (
+                        until == "changed" and any(c.state == "made" for c in s.changes)):
+                    if live:
+                        live.stop()
+                        live = None
+                    console.print(f"{escape(s.target)}: {until} ({escape(s.from_version or '?')} -> "
+                                  f"{escape(s.to_version or '?')}, now {s.phase.value}); it goes on: "
+                                  f"{escape(api.CLI)} status {escape(shlex.quote(a.target))} --watch")
+                    return 0
             await asyncio.sleep(POLL_SECONDS)
     finally:
         if live:
@@ -316,14 +398,22 @@ async def watch(rb: Rollbacks, handle: WorkflowHandle, settings: Settings, a: ar
 async def cmd_list(client: Client, settings: Settings, a: argparse.Namespace) -> int:
     query = 'RollbackKind IS NOT NULL' + ('' if a.all else ' AND ExecutionStatus="Running"')
     table = Table("workflow id", "kind", "target", "severity", "phase", "status", "started")
-    n = 0
+    table.columns[0].no_wrap = True  # an id is copied into the next command: never cut or wrapped
+    ids: list[str] = []
     async for wf in client.list_workflows(query, limit=a.limit):
+        ids.append(wf.id)
         sa = wf.typed_search_attributes
         table.add_row(escape(wf.id), sa.get(KIND) or "", escape(sa.get(TARGET) or ""), sa.get(SEVERITY) or "",
                       sa.get(PHASE) or "", state(wf.status),
                       wf.start_time.strftime("%Y-%m-%d %H:%M:%S"))
-        n += 1
-    console.print(table if n else "no rollbacks in flight" if not a.all else "no rollbacks found")
+    n = len(ids)
+    if n:  # as wide as it takes, even in a pipe or a narrow terminal (rich would cut the ids to fit)
+        # (print(width=) is capped at the console's width: measure and print on a console as wide as it takes)
+        wide = Console(file=console.file, width=10_000, force_terminal=console.is_terminal)
+        Console(file=console.file, width=max(console.width, wide.measure(table).maximum),
+                force_terminal=console.is_terminal).print(table)
+    else:
+        console.print("no rollbacks in flight" if not a.all else "no rollbacks found")
     if n == a.limit:
         console.print(f"(the newest {n} only; --limit shows more)")
     return 0
@@ -353,8 +443,8 @@ async def cmd_cancel(client: Client, settings: Settings, a: argparse.Namespace) 
     while desc.status == WorkflowExecutionStatus.RUNNING:  # what really happened: wait for it to end
         if time.monotonic() > deadline:
             console.print(f"not confirmed yet: {handle.id} has not stopped within {a.wait:g}s (is the worker "
-                          f"running?); no change starts after the cancel. Check 'starter.py status "
-                          f"{escape(a.target)}'")
+                          f"running?); no change starts after the cancel. Check '{escape(api.CLI)} status "
+                          f"{escape(shlex.quote(a.target))}'")
             return 0
         await asyncio.sleep(POLL_SECONDS / 2)
         desc = await handle.describe()
@@ -428,6 +518,99 @@ def percentages(text: str) -> list[int]:
                                          "e.g. 50,100") from None
 
 
+# --- releases (docs/releases.md): what a release shipped, recorded where it outlives the worker -------
+
+def _pairs(option: str, items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, version = item.partition("=")
+        if not sep or not name.strip() or not version.strip():
+            raise CliError(f"{option} {item!r}: expected NAME=VERSION, e.g. {option} api=v1.2.3")
+        out[name.strip()] = version.strip()
+    return out
+
+
+def _ssm(settings: Settings) -> Any:
+    """Parameter Store: the sandbox's moto (unless AWS_ENDPOINT_URL says otherwise), else boto3's chain."""
+    import boto3
+
+    if resolve_mode(settings).sandbox and not os.environ.get("AWS_ENDPOINT_URL"):
+        from sandbox import aws_env
+
+        env = aws_env(f"http://127.0.0.1:{settings.sandbox_port}")
+        return boto3.client("ssm", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client("ssm")
+
+
+def cmd_release(settings: Settings, a: argparse.Namespace) -> int:
+    """record / show / list releases (no Temporal needed: the deploy pipeline calls ``record``)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from activities.releases import ReleaseNotFound, find, recorded_names, write_release
+    from common.catalog import release_problems
+    from common.releases import Release, valid_name
+
+    catalog = read_catalog(catalog_path(settings))
+    in_catalog = catalog.releases if catalog is not None else {}
+    try:
+        ssm = _ssm(settings)
+        if a.action == "list":
+            recorded = recorded_names(ssm)
+            for name in sorted(set(recorded) | set(in_catalog)):
+                console.print(f"{escape(name)}  ({'recorded' if name in recorded else 'catalog'})")
+            return 0
+        if not a.name or not valid_name(a.name):
+            raise CliError(f"release name {a.name!r}: letters, digits and . _ - (e.g. v1.2.3)")
+        if a.action == "show":
+            try:
+                found = find(ssm, in_catalog, a.name)
+            except ReleaseNotFound as e:
+                raise CliError(str(e)) from None
+            console.print(f"release [bold]{escape(a.name)}[/bold] ({escape(found.source)})")
+            for n, c in enumerate(found.release.components(), 1):
+                console.print(f"{n}. {c.kind} {escape(c.name)}" + (f" {escape(c.version)}" if c.version else ""))
+            kept = [d for d, v in found.release.databases.items() if not v.required]
+            if kept:
+                console.print(f"database(s) not rolled back with it: {escape(', '.join(kept))}")
+            return 0
+        try:
+            release = Release(services=_pairs("--service", a.service), functions=_pairs("--function", a.function),
+                              sites=_pairs("--site", a.site), flags=a.flag or [], kill_switches=a.kill_switch or [],
+                              databases={d: {"required": True} for d in a.database or []},
+                              recorded_by=a.recorded_by, recorded_at=datetime.now().astimezone())
+        except ValidationError as e:
+            raise describe_validation(e, "release") from None
+        if not release.names():
+            raise CliError("a release needs at least one component: --service, --function, --site, --flag, "
+                           "--kill-switch or --database")
+        if catalog is not None:
+            problems = release_problems(catalog.model_copy(update={"releases": {a.name: release}}))
+            if problems:
+                raise CliError("not recorded:\n" + "\n".join(f"  - {p}" for p in problems))
+        where = write_release(ssm, a.name, release)
+    except (ClientError, BotoCoreError) as e:
+        raise CliError(f"AWS SSM Parameter Store: {e}", 3) from None
+    console.print(f"recorded release [bold]{escape(a.name)}[/bold] in {escape(where)}: "
+                  + ", ".join(f"{c.kind} {escape(c.name)}" for c in release.components()))
+    return 0
+
+
+def add_release_parser(sub: Any) -> None:
+    r = sub.add_parser("release", help="record, show or list releases (what a release shipped: docs/releases.md)")
+    r.add_argument("action", choices=["record", "show", "list"])
+    r.add_argument("name", nargs="?", help="the release, e.g. v1.2.3")
+    r.add_argument("--service", action="append", metavar="NAME=VERSION", help="a service and the image tag shipped")
+    r.add_argument("--function", action="append", metavar="NAME=VERSION", help="a Lambda function and its version")
+    r.add_argument("--site", action="append", metavar="NAME=RELEASE", help="a site and its release prefix")
+    r.add_argument("--flag", action="append", metavar="NAME", help="a flag the release turned on")
+    r.add_argument("--kill-switch", action="append", metavar="NAME", help="a kill switch to enable on rollback")
+    r.add_argument("--database", action="append", metavar="NAME",
+                   help="a database whose migration must be rolled back with the release")
+    r.add_argument("--recorded-by", default="starter.py", help="who records it (e.g. the pipeline's name)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="starter.py", description="Start and steer rollbacks from the runbook.",
                                 epilog="exit codes: 0 ok/in progress, 1 refused or rollback did not succeed, "
@@ -437,7 +620,9 @@ def parser() -> argparse.ArgumentParser:
     def targeted(name: str, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
         sp.add_argument("target", help="catalog name (e.g. api) or workflow id")
-        sp.add_argument("--kind", default="service", choices=sorted(PROCEDURES), help="procedure (default service)")
+        sp.add_argument("--kind", choices=sorted(PROCEDURES),
+                        help="procedure (default: the catalog's, names are unique across kinds; else a running "
+                             "rollback's)")
         return sp
 
     s = targeted("start", "start a rollback (--kind service|database|frontend|lambda|infra)")
@@ -451,7 +636,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any other input field of the procedure, e.g. --set mode=snapshot_restore "
                         "--set snapshot_id=pre-deploy-20251118-140000 (values are YAML)")
-    s.add_argument("--wait", action="store_true", help="follow it until it ends")
+    s.add_argument("--wait", action="store_true", help="follow it until it ends (= --wait-until done)")
+    s.add_argument("--wait-until", choices=list(WAIT_UNTIL), help="follow it until the change is made (changed), "
+                   "validated (validated: monitoring begins) or it ends (done)")
     for name in ("approve", "reject"):
         d = targeted(name, f"{name} a rollback waiting for approval")
         d.add_argument("--as", dest="as_", required=True, help="your name as listed in the catalog")
@@ -475,8 +662,11 @@ def parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schedule", help="the auto-rollback schedule (every 5 minutes; runbook: Automation)")
     sc.add_argument("action", choices=["pause", "resume", "status"])
     sc.add_argument("--note", help="why (kept on the schedule, shown by status)")
+    add_release_parser(sub)
     sub.add_parser("doctor", help="check the configuration as the worker does at start (Temporal, namespace, "
                                   "search attributes, catalog, AWS, tools, secrets)")
+    sch = sub.add_parser("schema", help="the JSON Schema of KIND's input (what the Web UI's Start Workflow takes)")
+    sch.add_argument("kind", metavar="KIND", choices=sorted(api.PROCEDURES), help=", ".join(sorted(api.PROCEDURES)))
     return p
 
 
@@ -512,6 +702,9 @@ def _short(e: BaseException) -> str:
 
 async def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "schema":  # needs no settings and no Temporal (common/web_ui.py)
+        print(json.dumps(web_ui.schema(args.kind), indent=2))
+        return 0
     try:
         settings = Settings()
         resolve_mode(settings)  # the same rule as the worker's: a cluster without ROLLBACK_AWS=real is refused
@@ -523,7 +716,11 @@ async def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "login":  # needs no Temporal
             return await cmd_login(settings, args)
+        if args.command == "release":  # needs no Temporal
+            return cmd_release(settings, args)
+        api.CLI = invocation()
         if args.command == "start":  # bad input is reported even when Temporal is down
+            args.kind = args.kind or start_kind(settings, args.target)
             args.request = api.build_request(args.kind, start_fields(args), catalog_path(settings), FLAGS)
         try:
             client = await connect(settings)
@@ -534,6 +731,8 @@ async def main(argv: list[str] | None = None) -> int:
                    "or set TEMPORAL_ADDRESS to your cluster's host:port")
             raise CliError(f"cannot reach Temporal at {settings.address} (namespace {settings.temporal_namespace}): "
                            f"{_short(e)}.\nTo fix: {fix}.", 3) from None
+        if getattr(args, "target", None) is not None and args.command != "start":
+            args.kind, args.target = await rollbacks(client, settings).resolve(args.kind, args.target)
         return await COMMANDS[args.command](client, settings, args)
     except RollbackError as e:  # CliError and the API's typed errors, each with its exit code
         err.print(f"[red]error:[/red] {escape(str(e))}")

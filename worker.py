@@ -16,6 +16,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import quote
 
 import structlog
 from pydantic import SecretStr, ValidationError
@@ -24,6 +25,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities import batch
 from activities.appconfig import AppConfigActivities
 from activities.aws import AwsClients
 from activities.catalog import CatalogActivities
@@ -34,6 +36,7 @@ from activities.postgres import sql_values
 from activities.rds import RdsActivities
 from activities.rollbacks import RollbackStartActivities
 from activities.route53 import Route53Activities
+from activities.releases import ReleaseActivities
 from activities.s3 import S3Activities
 from activities.terraform import TerraformActivities
 from activities.secrets import SecretsActivities, SecretStageActivities
@@ -49,8 +52,10 @@ from activities.notify import NotifyActivities
 from activities.temporal_locks import LockActivities
 from common import devserver
 from common.catalog import Catalog
+from common.leftovers import FolderInUse, Leftovers
 from common.logging import configure
 from common.preflight import preflight
+from common.web_ui import ROLLBACKS_ONLY, with_short_failures
 from common.settings import ModeError, Settings, describe_settings_error, resolve_mode
 from common.api import ensure_auto_rollback_schedule
 from workflows.auto import AutoRollbackCheck
@@ -61,6 +66,7 @@ from workflows.frontend import FrontendRollback
 from workflows.infra import InfraRollback
 from workflows.lambda_fn import LambdaRollback
 from workflows.lock import TargetLock
+from workflows.release import ReleaseRollback
 from workflows.service import ServiceRollback
 
 log = structlog.get_logger("worker")
@@ -70,12 +76,14 @@ log = structlog.get_logger("worker")
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("numpy", "scipy"))
 
+ACTIVITY_THREADS = 32  # activities at once (thread pool); boto3's connection pools are sized to it
+
 WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, InfraRollback, AutoRollbackCheck, TargetLock,
-             FeatureFlagRollback, ConfigRollback]
+             FeatureFlagRollback, ConfigRollback, ReleaseRollback]
 
 
 def activities(client: Client, settings: Settings, catalog_path: Path, task_queue: str) -> list:
-    aws = AwsClients()
+    aws = AwsClients(concurrency=ACTIVITY_THREADS + batch.MOST_AT_ONCE)  # a fleet's batches have threads of their own
     ecs, elbv2, cw = EcsActivities(aws), Elbv2Activities(aws), CloudWatchActivities(aws)
     locks = LockActivities(client, task_queue)
     tasks, rds = EcsTaskActivities(aws), RdsActivities(aws)
@@ -87,8 +95,8 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
     identity = IdentityActivities(catalog_path, settings.slack_signing_secret, automation_key)
     return [
         identity.verify_identity, identity.vouch,
-        CatalogActivities(catalog_path).load_catalog,
-        ecs.describe_deployed, ecs.list_versions, ecs.deploy_task_definition,
+        *_catalog_activities(catalog_path),
+        ecs.describe_deployed, ecs.list_versions, ecs.identify, ecs.deploy_task_definition,
         elbv2.get_weights, elbv2.set_weights,
         cw.read_metric, cw.alarms_firing, MetricActivities(aws).read_samples,
         check_http,
@@ -101,13 +109,26 @@ def activities(client: Client, settings: Settings, catalog_path: Path, task_queu
         rds.describe_instance, rds.find_instance, rds.list_snapshots, rds.restore_from_snapshot,
         SecretsActivities(aws).point_secret_at, Route53Activities(aws).upsert_cname,
         sql_values, plan_migration_rollback, run_migration_command,
-        s3.plan_release_sync, s3.apply_release_sync, s3.plan_object_versions, s3.apply_object_versions,
+        s3.plan_release_sync, s3.apply_release_sync, s3.live_release, s3.plan_object_versions, s3.apply_object_versions,
         s3.read_object, cf.create_invalidation, cf.invalidation_done,
         lam.list_function_versions, lam.get_function_alias, lam.point_function_alias, lam.invoke_function,
+        lam.identify_functions, lam.read_function_aliases, lam.point_function_aliases,
         verdicts.record_verdicts, verdicts.ecs_verdict_of,
         tf.resolve_stack_commits, tf.checkout_stack, tf.plan_stack, tf.apply_stack_plan, tf.validate_stack,
         *_config_activities(aws),
+        *_release_activities(aws, catalog_path),
     ]
+
+
+def _catalog_activities(catalog_path: Path) -> list:
+    catalog = CatalogActivities(catalog_path)  # one per worker: it caches the parsed file
+    return [catalog.load_catalog, catalog.catalog_for]
+
+
+def _release_activities(aws: AwsClients, catalog_path: Path) -> list:
+    """Releases (workflows/release.py): what one shipped (SSM or the catalog), a site's release prefixes."""
+    releases = ReleaseActivities(aws, catalog_path)
+    return [releases.find_release, releases.release_prefixes]
 
 
 def _start_activities(client: Client, task_queue: str, catalog_path: Path, automation_key: SecretStr | None) -> list:
@@ -137,12 +158,12 @@ def _incident_activities(settings: Settings) -> list:
 def build_worker(client: Client, settings: Settings, catalog_path: Path, task_queue: str | None = None) -> Worker:
     task_queue = task_queue or settings.task_queue
     return Worker(
-        client,
+        with_short_failures(client),  # a bad input fails with a short message and an example to paste
         task_queue=task_queue,
         workflows=WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
         activities=activities(client, settings, catalog_path, task_queue),
-        activity_executor=ThreadPoolExecutor(max_workers=32),
+        activity_executor=ThreadPoolExecutor(max_workers=ACTIVITY_THREADS),
         # Bad input from the Web UI / CLI fails the workflow at once instead of hanging.
         workflow_failure_exception_types=[ValidationError],
     )
@@ -171,7 +192,8 @@ def banner(settings: Settings, sandbox_info: object | None, catalog: Catalog | N
         f"[bold]{mode}[/bold]",
         f"Temporal: {settings.address} (namespace {settings.temporal_namespace}), task queue "
         f"[bold]{settings.task_queue}[/bold]",
-        f"Web UI:   {ui}",
+        f"Web UI:   {ui}" + (f"  (rollbacks only: {ui}/namespaces/{settings.temporal_namespace}/workflows?query="
+                             f"{quote(ROLLBACKS_ONLY)})" if not settings.temporal_address else ""),
         f"Metrics:  http://127.0.0.1:{settings.metrics_port}/metrics" if settings.metrics_port else "Metrics: off",
         "Auto-rollback: schedule 'auto-rollback' checks services marked auto_rollback every 5 minutes "
         "(starter.py schedule status|pause|resume)",
@@ -179,8 +201,11 @@ def banner(settings: Settings, sandbox_info: object | None, catalog: Catalog | N
     ]
     if sandbox_info is not None:
         http = getattr(sandbox_info, "http_base", "")
+        resumed = getattr(sandbox_info, "resumed", False)
         lines += [
-            f"Service:  {http}/api/version  (the sandbox's api-service: v1.2.3, elevated error rate)",
+            f"Service:  {http}/api/version  " + (
+                "(the sandbox's AWS as the last run left it: rollbacks in flight carry on)" if resumed else
+                "(the sandbox's api-service: v1.2.3, elevated error rate)"),
             f"Latency:  {getattr(sandbox_info, 'latency_source', '')}",
             "The sandbox marks api for auto-rollback: left alone, the schedule rolls it back within ~10 min.",
         ]
@@ -196,6 +221,9 @@ def banner(settings: Settings, sandbox_info: object | None, catalog: Catalog | N
                       "dana is on call and her token proves it, so SEV-2 is approved at start; start it with "
                       "--severity SEV-1, then '.venv/bin/python starter.py login alice' and "
                       "'.venv/bin/python starter.py approve api --as alice' to see the approval gate.")
+    if sandbox_info is not None:
+        console.print("The sandbox's AWS and the rollbacks' history are kept in the data folder across restarts. "
+                      "To start over from a clean sandbox: Ctrl-C, then [bold]make reset[/bold] and [bold]make run[/bold].")
     console.print("Ctrl-C stops everything this started.")
 
 
@@ -230,7 +258,12 @@ async def serve() -> int:
         raise StartupError(str(e)) from None
     with ExitStack() as stack:
         sandbox_info = None
+        leftovers = Leftovers(settings.data_dir)
         try:
+            if mode.sandbox or mode.dev_server:  # what a killed worker left running: stopped, ports free
+                for what in leftovers.clean_up():
+                    log.warning(f"stopped {what}, left running by a worker that did not stop cleanly")
+                stack.callback(leftovers.forget)  # last: everything recorded is stopped by then
             if mode.sandbox:
                 from sandbox import Sandbox, aws_env
 
@@ -239,6 +272,8 @@ async def serve() -> int:
                              data_dir=settings.data_dir, prometheus_port=None if prom == "off" else prom)
                 sandbox_info = sb.start()
                 stack.callback(sb.stop)
+                for name, pid, marker in sb.processes():
+                    leftovers.record(name, pid, marker)
                 os.environ.update(aws_env(sandbox_info.endpoint_url))
             if mode.dev_server:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +281,9 @@ async def serve() -> int:
                                                   settings.data_dir / "temporal.db",
                                                   log_file=settings.data_dir / "temporal.log")
                 stack.callback(devserver.stop, proc)
+                leftovers.record("the Temporal dev server", proc.pid, str(settings.data_dir / "temporal.db"))
+        except FolderInUse as e:
+            raise StartupError(str(e)) from None
         except (RuntimeError, OSError) as e:  # a port in use, a missing binary
             raise StartupError(f"could not start the local {'sandbox' if mode.sandbox else 'dev server'}: {e}") from None
         # Temporal, namespace, search attributes, catalog, AWS, tools, secrets: each failure one paragraph.

@@ -67,7 +67,10 @@ class AwsClients:
     region or an unknown profile fails the step at once as ``AwsConfigError`` (not retried for
     10 minutes), with the fix in the message."""
 
-    def __init__(self, region: str | None = None) -> None:
+    def __init__(self, region: str | None = None, concurrency: int = 32) -> None:
+        """``concurrency``: the worker's activity threads. Each client's connection pool is that big, so
+        no thread waits for, or throws away, a connection (botocore's default pool of 10 under 32
+        threads logged thousands of "Connection pool is full, discarding connection")."""
         self._region = region
         self._session: boto3.session.Session | None = None
         self._clients: dict[str, Any] = {}
@@ -77,6 +80,7 @@ class AwsClients:
             retries={"mode": "standard", "max_attempts": 2},
             connect_timeout=5,
             read_timeout=30,
+            max_pool_connections=max(10, concurrency),
         )
 
     def __call__(self, service: str) -> Any:

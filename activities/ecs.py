@@ -32,6 +32,19 @@ class Deployed(BaseModel):
     deployed_at: datetime | None = Field(None, description="when the PRIMARY deployment (this version) began")
 
 
+class VersionQuery(BaseModel):
+    ecs: EcsRef
+    to_version: str | None = None  # the version a person named; None: the previous stable one
+
+
+class Identified(BaseModel):
+    """What a service runs, and the revisions that decide the target (newest first): the current one
+    and those looked at until the target was found (``choose_target`` reads them as it would all)."""
+
+    current: Deployed
+    revisions: list[Revision]
+
+
 class DeployRequest(BaseModel):
     ecs: EcsRef
     task_definition_arn: str
@@ -54,6 +67,14 @@ def image_version(task_def: dict, container: str | None) -> str:
 def _revision(td: dict, container: str | None) -> Revision:
     return Revision(arn=td["taskDefinitionArn"], family=td["family"], revision=td["revision"],
                     version=image_version(td, container))
+
+
+def _family_of(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1].rsplit(":", 1)[0]
+
+
+def _revision_of(arn: str) -> int:
+    return int(arn.rsplit(":", 1)[-1])
 
 
 class EcsActivities:
@@ -86,6 +107,36 @@ class EcsActivities:
                         running_count=svc.get("runningCount", 0),
                         deployments=len(deployments), settled=settled,
                         deployed_at=primary.get("createdAt") if primary else None)
+
+    @activity.defn
+    def identify(self, q: VersionQuery) -> Identified:
+        """What runs and the target, in O(1) calls for the common case: the service once, its task
+        definition, the family's revision ARNs (the revision is in the ARN), then the revisions below
+        the current one, newest first, only until one qualifies (``to_version``'s, or an earlier
+        different version no rollback left as bad: workflows/service.py ``choose_target``)."""
+        current = self.describe_deployed(q.ecs)
+        ecs = self._aws("ecs")
+        family, now = current.task_definition.family, current.task_definition
+        now.verdict = ecs_verdict(ecs, now.arn)
+        arns: list[str] = []
+        with aws_call(f"ecs list-task-definitions {family}"):
+            for page in ecs.get_paginator("list_task_definitions").paginate(familyPrefix=family, status="ACTIVE"):
+                arns.extend(a for a in page.get("taskDefinitionArns", []) if _family_of(a) == family)
+        arns.sort(key=_revision_of, reverse=True)
+        found = [now]
+        for i, arn in enumerate(a for a in arns if a != now.arn):
+            if q.to_version is None and _revision_of(arn) > now.revision:
+                continue  # newer than what runs: never a default target
+            with aws_call(f"ecs describe-task-definition {arn}"):
+                r = _revision(ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"], q.ecs.container)
+            if i < KEEP:
+                r.verdict = ecs_verdict(ecs, arn)
+            found.append(r)
+            if (r.version == q.to_version if q.to_version else
+                    (r.version != now.version and (r.verdict is None or r.verdict.verdict != "bad"))):
+                break
+        found.sort(key=lambda r: r.revision, reverse=True)
+        return Identified(current=current, revisions=found)
 
     @activity.defn
     def list_versions(self, ref: EcsRef) -> list[Revision]:

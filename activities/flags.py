@@ -205,7 +205,8 @@ class AppConfigFlagStore:
 
     def _resolved(self, ref: FlagRef) -> Resolved:
         s = ref.store
-        r = self._ac.resolve(AppConfigRef(application=s.application, environment=s.environment, profile=s.profile))
+        r = self._ac.resolve_cached(AppConfigRef(application=s.application, environment=s.environment,
+                                                 profile=s.profile))
         if r.profile_type != FEATURE_FLAGS:
             raise ApplicationError(f"AppConfig profile {r.where} is of type {r.profile_type or 'freeform'}, not "
                                    f"{FEATURE_FLAGS}; fix the flag store's profile in the catalog",

@@ -6,6 +6,7 @@ import httpx
 from pydantic import BaseModel
 from temporalio import activity
 
+from activities.http_client import shared_async
 from common.models import CheckResult
 
 
@@ -31,8 +32,7 @@ async def check_http(probe: HttpProbe) -> CheckResult:
 async def _check(probe: HttpProbe) -> CheckResult:
     now = activity.info().current_attempt_scheduled_time
     try:
-        async with httpx.AsyncClient(timeout=probe.timeout_seconds, follow_redirects=True) as http:
-            resp = await http.get(probe.url)
+        resp = await shared_async().get(probe.url, timeout=probe.timeout_seconds, follow_redirects=True)
     except httpx.HTTPError as e:
         return CheckResult(name=probe.name, ok=False, detail=f"GET {probe.url}: {type(e).__name__}: {e}",
                            at=now)

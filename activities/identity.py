@@ -48,15 +48,19 @@ class Unreachable(Exception):
 # --- worker-signed start proofs (the receiver, the auto-rollback check, a parent rollback) ----
 
 def mint_automation_token(key: SecretStr, *, requested_by: str, kind: str, target: str, digest: str, via: str,
-                          vouch: ProofRecord | None = None, now: float | None = None) -> str:
+                          vouch: ProofRecord | None = None, approved_by: list[str] | None = None,
+                          now: float | None = None) -> str:
     """A short-lived proof that ``via`` (e.g. "receiver") made exactly this start request.
-    ``vouch``: the requester is a person already proven (a parent rollback starting its child)."""
+    ``vouch``: the requester is a person already proven (a parent rollback starting its child);
+    ``approved_by``: the parent's approval gate was satisfied by them for this request."""
     iat = int(now if now is not None else time.time())
     claims: dict[str, Any] = {"iss": AUTOMATION_ISSUER, "aud": AUTOMATION_AUDIENCE, "sub": requested_by,
                               "kind": kind, "target": target, "digest": digest, "via": via,
                               "iat": iat, "exp": iat + AUTOMATION_TOKEN_MINUTES * 60}
     if vouch is not None:
-        claims["proof"] = vouch.model_dump(mode="json", exclude={"expires_at"})
+        claims["proof"] = vouch.model_dump(mode="json", exclude={"expires_at", "approved_by"})
+    if approved_by:
+        claims["approved_by"] = list(approved_by)
     return jwt.encode(claims, key.get_secret_value(), algorithm="HS256")
 
 
@@ -87,6 +91,10 @@ def _automation(check: ProofCheck, key: SecretStr | None) -> Verified:
         proof = ProofRecord.model_validate({**vouched, "via": claims.get("via", ""), "expires_at": expires})
     else:
         proof = ProofRecord(kind="automation", issuer=claims.get("via", ""), subject=check.claimed, expires_at=expires)
+    approved = claims.get("approved_by")
+    if approved and isinstance(approved, list):  # signed with the key: a parent's approval covers this request
+        proof.approved_by = [str(a) for a in approved]
+        proof.via = proof.via or claims.get("via", "")
     return Verified(ok=True, person=check.claimed, proof=proof)
 
 
@@ -145,7 +153,8 @@ class IdentityActivities:
         if self._automation_key is None:
             return None
         return mint_automation_token(self._automation_key, requested_by=v.requested_by, kind=v.kind,
-                                     target=v.target, digest=v.digest, via=v.via, vouch=v.proof)
+                                     target=v.target, digest=v.digest, via=v.via, vouch=v.proof,
+                                     approved_by=v.approved_by)
 
     # --- OIDC ---
 

@@ -15,6 +15,8 @@ from pydantic import BaseModel, SecretStr
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.http_client import shared_sync
+
 # Runbook: Post-Rollback Actions, "Short-term (< 24 hours)" and "Long-term (< 1 week)".
 FOLLOW_UPS = [
     ("Root cause analysis", timedelta(hours=24)),
@@ -67,7 +69,7 @@ class IncidentSettings(BaseModel):
 
 def _post(url: str, payload: dict, headers: dict[str, str], what: str) -> dict:
     try:
-        resp = httpx.post(url, json=payload, headers=headers, timeout=10)
+        resp = shared_sync().post(url, json=payload, headers=headers, timeout=10)
     except httpx.HTTPError as e:
         raise ApplicationError(f"{what}: {type(e).__name__}", type="NotifyFailed") from None
     if resp.status_code >= 400:

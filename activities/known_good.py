@@ -22,8 +22,10 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
+from activities.batch import Failed, each
 
 TAG = "rollback-verdict"
 KEEP = 30  # verdict tags kept per function/secret/profile (AWS allows 50 tags on a resource)
@@ -43,6 +45,7 @@ class Place(BaseModel):
     kind: Kind
     name: str  # ecs: the task-definition ARN; lambda: function name; secret: secret id; appconfig: profile ARN
     version: str = ""  # lambda / secret / appconfig: the version the tag is about
+    arn: str = ""  # lambda: the function's ARN, when the caller read it already (else it is looked up)
 
 
 class Record(BaseModel):
@@ -142,44 +145,53 @@ class KnownGoodActivities:
     @activity.defn
     def record_verdicts(self, records: list[Record]) -> int:
         """Tag each version (idempotent: the same verdict again changes nothing); one activity for a
-        whole fleet."""
-        for i, rec in enumerate(records):
-            activity.heartbeat(i)
-            self._record(rec)
+        whole fleet, its resources tagged at the same time (each resource's verdicts in order)."""
+        per_resource: dict[tuple[str, str], list[Record]] = {}
+        for rec in records:
+            per_resource.setdefault((rec.place.kind, rec.place.name), []).append(rec)
+        results = each(list(per_resource.values()), self._record, label=lambda recs: recs[0].place.name)
+        failed = [r for r in results if isinstance(r, Failed)]
+        if failed:
+            raise ApplicationError("; ".join(f.error for f in failed[:5]), type=failed[0].type or "NotFound",
+                                   non_retryable=True)
         return len(records)
 
-    def _record(self, rec: Record) -> str:
-        p, key, value = rec.place, tag_key(rec.place), encode(rec.verdict)
+    def _record(self, records: list[Record]) -> str:
+        """One resource's verdicts (in order: a later one for the same key wins), its tags read and
+        written once."""
+        p = records[0].place
+        adding = {tag_key(r.place): encode(r.verdict) for r in records}
         if p.kind == "ecs":
             with aws_call(f"ecs tag-resource {p.name}"):
-                self._aws("ecs").tag_resource(resourceArn=p.name, tags=[{"key": key, "value": value}])
+                self._aws("ecs").tag_resource(resourceArn=p.name, tags=[{"key": k, "value": v}
+                                                                         for k, v in adding.items()])
         elif p.kind == "lambda":
             lam = self._aws("lambda")
             with aws_call(f"lambda tag-resource {p.name}"):
-                arn = lam.get_function(FunctionName=p.name)["Configuration"]["FunctionArn"].split(":$LATEST")[0]
-                self._prune(lam.list_tags(Resource=arn).get("Tags") or {}, key,
+                arn = p.arn or lam.get_function(FunctionName=p.name)["Configuration"]["FunctionArn"].split(":$LATEST")[0]
+                self._prune(lam.list_tags(Resource=arn).get("Tags") or {}, adding,
                             lambda keys: lam.untag_resource(Resource=arn, TagKeys=keys))
-                lam.tag_resource(Resource=arn, Tags={key: value})
+                lam.tag_resource(Resource=arn, Tags=adding)
         elif p.kind == "secret":
             sm = self._aws("secretsmanager")
             with aws_call(f"secretsmanager tag-resource {p.name}"):
                 tags = {t["Key"]: t["Value"] for t in sm.describe_secret(SecretId=p.name).get("Tags") or []}
-                self._prune(tags, key, lambda keys: sm.untag_resource(SecretId=p.name, TagKeys=keys))
-                sm.tag_resource(SecretId=p.name, Tags=[{"Key": key, "Value": value}])
+                self._prune(tags, adding, lambda keys: sm.untag_resource(SecretId=p.name, TagKeys=keys))
+                sm.tag_resource(SecretId=p.name, Tags=[{"Key": k, "Value": v} for k, v in adding.items()])
         else:
             ac = self._aws("appconfig")
             with aws_call(f"appconfig tag-resource {p.name}"):
-                self._prune(ac.list_tags_for_resource(ResourceArn=p.name).get("Tags") or {}, key,
+                self._prune(ac.list_tags_for_resource(ResourceArn=p.name).get("Tags") or {}, adding,
                             lambda keys: ac.untag_resource(ResourceArn=p.name, TagKeys=keys))
-                ac.tag_resource(ResourceArn=p.name, Tags={key: value})
-        return f"{key}={value} on {p.name}"
+                ac.tag_resource(ResourceArn=p.name, Tags=adding)
+        return ", ".join(f"{k}={v}" for k, v in adding.items()) + f" on {p.name}"
 
     @staticmethod
-    def _prune(tags: dict[str, str], adding: str, untag: Any) -> None:
+    def _prune(tags: dict[str, str], adding: dict[str, str], untag: Any) -> None:
         """Keep at most KEEP verdict tags on one resource: the oldest go first."""
         verdicts = sorted(((v.at, k) for k, v in ((k, decode(val)) for k, val in tags.items()
-                                                 if k.startswith(TAG + "-") and k != adding) if v is not None))
-        excess = len(verdicts) + 1 - KEEP
+                                                 if k.startswith(TAG + "-") and k not in adding) if v is not None))
+        excess = len(verdicts) + len(adding) - KEEP
         if excess > 0:
             untag([k for _, k in verdicts[:excess]])
 

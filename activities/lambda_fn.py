@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
+from activities.batch import Failed, each
 from activities.known_good import Verdict, per_version, read_tags
 
 SHOWN = 20  # names listed in a NotFound message; the rest are counted
@@ -61,6 +62,29 @@ class InvokeResult(BaseModel):
     function_error: str | None = None
     executed_version: str | None = None
     payload: str = ""  # the answer, cut to 1000 characters
+
+
+class Functions(BaseModel):
+    """A fleet's functions for one batch activity, ``at_once`` at a time (policy.fleet_concurrency)."""
+
+    refs: list[FunctionRef]
+    at_once: int = 16
+
+
+class Aliases(BaseModel):
+    """A fleet's aliases to point (each ``point_function_alias``), ``at_once`` at a time."""
+
+    targets: list[AliasTarget]
+    at_once: int = 16
+
+
+class Found(BaseModel):
+    """One function of a fleet: its published versions and alias, or why they could not be read."""
+
+    versions: list[FunctionVersion] = Field(default_factory=list)
+    arn: str = ""  # the function's ARN (unqualified), for its tags
+    alias: AliasState | None = None
+    failed: Failed | None = None
 
 
 def _missing(e: ClientError) -> bool:
@@ -179,6 +203,30 @@ class LambdaActivities:
                     type="NotFound", non_retryable=True) from None
         activity.logger.info("alias %s:%s now on %s %s", to.function_name, to.alias, to.function_version, to.weights)
         return True
+
+    # --- a fleet: one activity for all its functions (activities/batch.py) ---------------------
+
+    @activity.defn
+    def identify_functions(self, req: Functions) -> list[Found]:
+        """For each function: its published versions (with verdicts) and its alias, as
+        ``list_function_versions`` and ``get_function_alias``; one that cannot be found says so."""
+        def one(ref: FunctionRef) -> Found:
+            versions = self.list_function_versions(ref.function_name)
+            return Found(versions=versions, arn=next((v.arn for v in versions if v.arn), ""),
+                         alias=self.get_function_alias(ref))
+
+        return [r if isinstance(r, Found) else Found(failed=r)
+                for r in each(req.refs, one, req.at_once, label=lambda r: r.function_name)]
+
+    @activity.defn
+    def read_function_aliases(self, req: Functions) -> list[AliasState | Failed]:
+        """Each alias as ``get_function_alias`` reads it, or why it could not be read."""
+        return each(req.refs, self.get_function_alias, req.at_once, label=lambda r: r.function_name)
+
+    @activity.defn
+    def point_function_aliases(self, req: Aliases) -> list[bool | Failed]:
+        """Each alias pointed as ``point_function_alias`` (idempotent: False where it already was)."""
+        return each(req.targets, self.point_function_alias, req.at_once, label=lambda t: t.function_name)
 
     @activity.defn
     def invoke_function(self, inv: Invocation) -> InvokeResult:

@@ -4,8 +4,8 @@
 ``read_samples`` is the one provider interface the verdicts (workflows/verdicts.py) use: the
 samples of one metric for one version over one window, one per period. Judging them is not
 done here. A query the provider refuses (bad PromQL, unknown metric) is a non-retryable
-``MetricQueryError``; an unreachable provider is retried. ``read_metric`` (one averaged value)
-is kept for the auto-rollback check and for histories recorded before verdicts.
+``MetricQueryError``; an unreachable provider is retried. ``read_metric`` (one averaged value,
+from either provider) is kept for the auto-rollback check and for histories recorded before verdicts.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
+from activities.http_client import shared_sync
 from common.catalog import MetricQuery, Prometheus
 
 
@@ -27,6 +28,7 @@ class MetricRead(BaseModel):
     query: MetricQuery
     version: str | None = None  # replaces "{version}" in dimension values
     window_minutes: float = 5
+    prometheus: Prometheus | None = None  # the catalog's, for a query with provider prometheus
 
 
 class MetricValue(BaseModel):
@@ -42,6 +44,13 @@ class CloudWatchActivities:
     @activity.defn
     def read_metric(self, req: MetricRead) -> MetricValue:
         q = req.query
+        if q.provider == "prometheus":  # the auto-rollback check judges a Prometheus error rate too
+            end = datetime.now(timezone.utc)
+            got = prometheus_samples(SampleRead(query=q, prometheus=req.prometheus, version=req.version,
+                                                minutes=req.window_minutes),
+                                     end - timedelta(minutes=req.window_minutes), end)
+            mean = sum(got.values) / len(got.values) if got.values else None
+            return MetricValue(name=q.name, value=mean, datapoints=len(got.values))
         dims = [{"Name": k, "Value": v.replace("{version}", req.version or "")}
                 for k, v in q.dimensions.items()]
         end = datetime.now(timezone.utc)
@@ -113,7 +122,7 @@ class MetricActivities:
             end = min(req.before, now - timedelta(minutes=req.clear_of_minutes))
         start = end - timedelta(minutes=req.minutes)
         if req.query.provider == "prometheus":
-            return self._prometheus(req, start, end)
+            return prometheus_samples(req, start, end)
         return self._cloudwatch(req, start, end)
 
     def _cloudwatch(self, req: SampleRead, start: datetime, end: datetime) -> Samples:
@@ -135,36 +144,38 @@ class MetricActivities:
         return Samples(values=values, start=start, end=end, source=f"CloudWatch {q.namespace}/{q.metric} "
                                                                    f"{q.stat} ({where})")
 
-    def _prometheus(self, req: SampleRead, start: datetime, end: datetime) -> Samples:
-        q, prom = req.query, req.prometheus
-        if prom is None:
-            raise ApplicationError("the catalog has no prometheus: {url: ...} for this metric",
-                                   type="MetricQueryError", non_retryable=True)
-        expr = (q.promql or "").replace("{version}", req.version or "")
-        headers = {}
-        if prom.bearer_token_env and os.environ.get(prom.bearer_token_env):
-            headers["Authorization"] = f"Bearer {os.environ[prom.bearer_token_env]}"
-        try:
-            resp = httpx.get(f"{prom.url.rstrip('/')}/api/v1/query_range", headers=headers, timeout=20,
-                             params={"query": expr, "start": start.timestamp(), "end": end.timestamp(),
-                                     "step": q.period_seconds})
-        except httpx.HTTPError as e:
-            raise ApplicationError(f"Prometheus at {prom.url} unreachable: {type(e).__name__}: {e}",
-                                   type="MetricTransient") from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = {}
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise ApplicationError(f"Prometheus answered {resp.status_code}", type="MetricTransient")
-        if resp.status_code != 200 or body.get("status") != "success":
-            raise ApplicationError(f"Prometheus refused the query {expr!r}: {body.get('error') or resp.status_code}",
-                                   type="MetricQueryError", non_retryable=True)
-        series = body["data"]["result"]
-        if len(series) > 1:
-            raise ApplicationError(f"the query {expr!r} returns {len(series)} series; aggregate it to one "
-                                   "(e.g. sum(...) or sum by (le) inside histogram_quantile)",
-                                   type="MetricQueryError", non_retryable=True)
-        values = [float(v) for _, v in (series[0]["values"] if series else [])]
-        return Samples(values=[v for v in values if math.isfinite(v)], start=start, end=end,
-                       source=f"Prometheus {expr}")
+
+def prometheus_samples(req: SampleRead, start: datetime, end: datetime) -> Samples:
+    """The samples of one PromQL query over [start, end], one per ``period_seconds``."""
+    q, prom = req.query, req.prometheus
+    if prom is None:
+        raise ApplicationError("the catalog has no prometheus: {url: ...} for this metric",
+                               type="MetricQueryError", non_retryable=True)
+    expr = (q.promql or "").replace("{version}", req.version or "")
+    headers = {}
+    if prom.bearer_token_env and os.environ.get(prom.bearer_token_env):
+        headers["Authorization"] = f"Bearer {os.environ[prom.bearer_token_env]}"
+    try:
+        resp = shared_sync().get(f"{prom.url.rstrip('/')}/api/v1/query_range", headers=headers, timeout=20,
+                                 params={"query": expr, "start": start.timestamp(), "end": end.timestamp(),
+                                         "step": q.period_seconds})
+    except httpx.HTTPError as e:
+        raise ApplicationError(f"Prometheus at {prom.url} unreachable: {type(e).__name__}: {e}",
+                               type="MetricTransient") from None
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise ApplicationError(f"Prometheus answered {resp.status_code}", type="MetricTransient")
+    if resp.status_code != 200 or body.get("status") != "success":
+        raise ApplicationError(f"Prometheus refused the query {expr!r}: {body.get('error') or resp.status_code}",
+                               type="MetricQueryError", non_retryable=True)
+    series = body["data"]["result"]
+    if len(series) > 1:
+        raise ApplicationError(f"the query {expr!r} returns {len(series)} series; aggregate it to one "
+                               "(e.g. sum(...) or sum by (le) inside histogram_quantile)",
+                               type="MetricQueryError", non_retryable=True)
+    values = [float(v) for _, v in (series[0]["values"] if series else [])]
+    return Samples(values=[v for v in values if math.isfinite(v)], start=start, end=end,
+                   source=f"Prometheus {expr}")

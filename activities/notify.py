@@ -17,6 +17,8 @@ from slack_sdk.models.blocks import ActionsBlock, ButtonElement, SectionBlock
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.http_client import shared_async
+
 NOT_VERIFIED = "[approvals are not verified] "
 
 
@@ -75,8 +77,7 @@ class NotifyActivities:
         if self._webhook is None:
             return "not configured"
         try:
-            async with httpx.AsyncClient(timeout=10) as http:
-                resp = await http.post(self._webhook.get_secret_value(), json=body)
+            resp = await shared_async().post(self._webhook.get_secret_value(), json=body, timeout=10)
         except httpx.HTTPError as e:
             # The webhook URL is a secret: name the error, never the URL.
             raise ApplicationError(f"Slack webhook unreachable: {type(e).__name__}", type="NotifyFailed") from None

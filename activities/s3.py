@@ -53,6 +53,18 @@ class Plan(BaseModel):
     sample: list[str]  # a few "copy key" / "delete key" lines for people
 
 
+class LiveRequest(BaseModel):
+    """Which release the live bucket serves: the ``versions_bucket`` prefix it equals, if any."""
+
+    bucket: str
+    versions_bucket: str | None = None
+
+
+class Live(BaseModel):
+    release: str | None = None  # the release prefix (without "/") whose objects equal the live bucket's
+    last_modified: datetime | None = None  # the newest object of the live bucket
+
+
 class Applied(BaseModel):
     copied: int
     deleted: int
@@ -94,6 +106,29 @@ class S3Activities:
         copy, delete, same = self._sync_diff(req)
         return Plan(to_copy=len(copy), to_delete=len(delete), bytes=sum(s for _, s in copy), unchanged=same,
                     sample=[f"copy {k}" for k, _ in copy[:10]] + [f"delete {k}" for k in delete[:10]])
+
+    @activity.defn
+    def live_release(self, req: LiveRequest) -> Live:
+        """Read-only: the release the site serves now, the one a rollback moves away from."""
+        s3 = self._aws("s3")
+        live: dict[str, tuple[str, int]] = {}
+        newest: datetime | None = None
+        with aws_call(f"s3 list-objects-v2 s3://{req.bucket}"):
+            for page in _pages(s3, "list_objects_v2", Bucket=req.bucket):
+                for o in page.get("Contents", []):
+                    live[o["Key"]] = (o["ETag"], o["Size"])
+                    newest = max(newest, o["LastModified"]) if newest else o["LastModified"]
+        if not req.versions_bucket or not live:
+            return Live(last_modified=newest)
+        releases: dict[str, dict[str, tuple[str, int]]] = {}
+        with aws_call(f"s3 list-objects-v2 s3://{req.versions_bucket}"):  # one listing, grouped by prefix
+            for page in _pages(s3, "list_objects_v2", Bucket=req.versions_bucket):
+                for o in page.get("Contents", []):
+                    release, _, key = o["Key"].partition("/")
+                    if key:
+                        releases.setdefault(release, {})[key] = (o["ETag"], o["Size"])
+        match = [r for r, objects in releases.items() if objects == live]
+        return Live(release=max(match) if match else None, last_modified=newest)
 
     @activity.defn
     def apply_release_sync(self, req: SyncRequest) -> Applied:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from shlex import quote
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -50,9 +51,10 @@ from common.catalog import Catalog, CatalogError, UnknownTarget, load_catalog
 from common.identity import SlackCallback, request_digest
 from common.policy import Policy
 from common.models import (
-    FINAL_PHASES, ConfigRollbackInput, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Evidence,
+    FINAL_PHASES, fleet_target, ConfigRollbackInput, DatabaseRollbackInput, DecisionOutcome, DecisionRequest, Evidence,
     FeatureFlagRollbackInput,
-    FrontendRollbackInput, InfraRollbackInput, LambdaRollbackInput, Phase, RollbackStatus, ServiceRollbackInput,
+    FrontendRollbackInput, InfraRollbackInput, LambdaRollbackInput, Phase, ReleaseRollbackInput, RollbackStatus,
+    ServiceRollbackInput, one_line,
 )
 from common.settings import Settings, resolve_mode
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
@@ -66,12 +68,15 @@ PROCEDURES: dict[str, tuple[str, type, str]] = {
     "infra": ("InfraRollback", InfraRollbackInput, "stack"),
     "flag": ("FeatureFlagRollback", FeatureFlagRollbackInput, "flag"),
     "config": ("ConfigRollback", ConfigRollbackInput, "target"),
+    "release": ("ReleaseRollback", ReleaseRollbackInput, "release"),  # docs/releases.md
 }
-# kind -> the catalog's lookup method for that kind's targets (its section is the plural)
+# kind -> the catalog's lookup method for that kind's targets (its section is the plural); a release
+# may be recorded outside the catalog (SSM), so the worker says whether it exists
 CATALOG_LOOKUP = {"service": "service", "database": "database", "frontend": "site", "lambda": "function",
                   "infra": "stack", "flag": "flag", "config": "config"}
 
 QUERY_TIMEOUT = timedelta(seconds=5)  # a worker answers a query in milliseconds
+NO_WORKER_GRACE = timedelta(seconds=10)  # how long to ask again before saying no worker answered
 UPDATE_TIMEOUT = timedelta(seconds=60)  # the decision's proof is checked first (an identity provider may be slow)
 POLL_SECONDS = 1.0
 GATE_WAIT_SECONDS = 30
@@ -143,6 +148,17 @@ def target_of(request: Any, target_field: str) -> str:
     return getattr(request, "target", None) or getattr(request, target_field)
 
 
+def names_of(request: Any, target_field: str) -> str:
+    """The catalog names a request acts on, joined with ',' (a Lambda fleet's target is bounded, not a list)."""
+    names = getattr(request, "names", None)
+    return ",".join(names) if names else target_of(request, target_field)
+
+
+def start_summary(kind: str, target: str, request: Any) -> str:
+    """The Web UI's Summary of a rollback we start (its current details say the versions found)."""
+    return one_line(kind, target, None, getattr(request, "to_version", None), request.severity, request.requested_by)
+
+
 def procedure(kind: str) -> tuple[str, type, str]:
     try:
         return PROCEDURES[kind]
@@ -204,6 +220,29 @@ def check_target(catalog_path: str | Path | None, kind: str, target: str) -> Non
         raise BadRequest(str(e), [(procedure(kind)[2], str(e))]) from None
 
 
+def catalog_kind(catalog: Catalog | None, target: str) -> str | None:
+    """The kind whose catalog section names ``target`` (every name of a Lambda fleet ``a,b``); names are
+    unique across kinds (the catalog checks it), so there is at most one."""
+    if catalog is None:
+        return None
+    names = target.split(",")
+    if target in catalog.releases:  # a release the catalog declares (a recorded one needs --kind release)
+        return "release"
+    return next((kind for kind, lookup in CATALOG_LOOKUP.items()
+                 if all(n in getattr(catalog, lookup + "s") for n in names)), None)
+
+
+def known_names(catalog: Catalog) -> str:
+    """Every target name of the catalog by section, e.g. "services: api, api-bg; flags: ..."."""
+    return "; ".join(f"{section}: {', '.join(sorted(names))}" for section, names in catalog.sections().items()
+                     if names) or "none"
+
+
+# How hints name the CLI: starter.py sets it to the command it was run as (e.g. ".venv/bin/python starter.py"),
+# so every hint it prints works as printed.
+CLI = "starter.py"
+
+
 def build_request(kind: str, fields: Mapping[str, Any] | BaseModel, catalog_path: str | Path | None = None,
                   names: Mapping[str, str] | None = None) -> Any:
     """Validate a request as the workflow will (fields left None are left out), plus the catalog name."""
@@ -214,7 +253,7 @@ def build_request(kind: str, fields: Mapping[str, Any] | BaseModel, catalog_path
         request = model.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as e:
         raise describe_validation(e, names=names) from None
-    check_target(catalog_path, kind, target_of(request, target_field))
+    check_target(catalog_path, kind, names_of(request, target_field))
     return request
 
 
@@ -296,17 +335,18 @@ class Rollbacks:
         if not isinstance(request, model):
             request = self.build_request(kind, request)
         target = target_of(request, target_field)
-        self.check_target(kind, target)  # a model built elsewhere: its target still must be in the catalog
+        self.check_target(kind, names_of(request, target_field))  # a model built elsewhere: still in the catalog
         wf_id = wf_id or workflow_id(kind, target)
         request = self._signed(kind, target, request)
         try:
             handle = await self.client.start_workflow(
                 wf_type, request, id=wf_id, task_queue=self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                search_attributes=self._search_attributes(kind, target, request))
+                search_attributes=self._search_attributes(kind, target, request),
+                static_summary=start_summary(kind, target, request))
         except WorkflowAlreadyStartedError:
             raise AlreadyRunning(f"a rollback of {kind} {target!r} is already running as workflow {wf_id}; "
-                                 f"follow it with 'starter.py status {target}' or cancel it first", wf_id) from None
+                                 f"follow it with '{CLI} status {quote(target)}' or cancel it first", wf_id) from None
         return Started(kind=kind, target=target, workflow_id=wf_id, run_id=handle.result_run_id or "",
                        started=True, outcome="started", message=f"started {wf_id}")
 
@@ -332,7 +372,7 @@ class Rollbacks:
         if not isinstance(request, model):
             request = self.build_request(kind, request)
         target = target_of(request, target_field)
-        self.check_target(kind, target)  # a model built elsewhere: its target still must be in the catalog
+        self.check_target(kind, names_of(request, target_field))  # a model built elsewhere: still in the catalog
         wf_id = workflow_id(kind, target)
         desc = await self._describe(wf_id)
         # A rollback in its final phase (posting its outcome) has answered already: as good as ended.
@@ -356,7 +396,8 @@ class Rollbacks:
             wf_type, request, id=wf_id, task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             start_signal="add_evidence", start_signal_args=[evidence], memo={"automatic": True},
-            search_attributes=self._search_attributes(kind, target, request))
+            search_attributes=self._search_attributes(kind, target, request),
+            static_summary=start_summary(kind, target, request))
         resp = getattr(handle, "_start_workflow_response", None)
         started = bool(getattr(resp, "started", False))
         return Started(kind=kind, target=target, workflow_id=wf_id, run_id=handle.result_run_id or "",
@@ -402,7 +443,7 @@ class Rollbacks:
                                f"{phase or state(run.status)} at {ended:%Y-%m-%d %H:%M:%S}Z); within "
                                f"policy.auto_rollback_cooldown_minutes ({minutes:g}), until "
                                f"{until:%Y-%m-%d %H:%M:%S}Z, only a person can start another: "
-                               f"'starter.py start {target} --kind {kind} --severity <SEV> --requested-by <you> "
+                               f"'{CLI} start {quote(target)} --kind {kind} --severity <SEV> --requested-by <you> "
                                "--reason <why>'"))
         return None
 
@@ -428,13 +469,36 @@ class Rollbacks:
 
     # --- following ---
 
+    async def resolve(self, kind: str | None, target: str) -> tuple[str, str]:
+        """(kind, target) for a target typed without its kind: a workflow id names its kind
+        (``rollback-flag-x``); a catalog name has one kind (names are unique across kinds); else a running
+        rollback of that target (its workflow id, e.g. one typed in the Web UI); else a service."""
+        if kind:
+            return kind, target
+        if target.startswith("rollback-"):
+            return next((k for k in PROCEDURES if target.startswith(f"rollback-{k}-")), "service"), target
+        found = catalog_kind(read_catalog(self.catalog_path), target)
+        if found:
+            return found, target
+        if '"' not in target and "\\" not in target:
+            try:
+                async for wf in self.client.list_workflows(
+                        f'{TARGET.name} = "{target}" AND ExecutionStatus = "Running"', limit=1):
+                    return wf.typed_search_attributes.get(KIND) or "service", wf.id
+            except RPCError:
+                pass  # a Temporal without visibility: the catalog decides
+        return "service", target
+
     def handle(self, kind: str, target: str) -> WorkflowHandle:
         """A catalog name means its one-per-target workflow; anything else is a workflow id (e.g. from the Web UI)."""
         catalog = read_catalog(self.catalog_path)
-        section = getattr(catalog, CATALOG_LOOKUP.get(kind, kind) + "s", None) if catalog is not None else None
+        section = getattr(catalog, CATALOG_LOOKUP[kind] + "s", None) if catalog is not None and kind in CATALOG_LOOKUP \
+            else None
         is_name = not target.startswith("rollback-") and (
             catalog is None or section is None or all(n in section for n in target.split(",")))
-        return self.client.get_workflow_handle(workflow_id(kind, target) if is_name else target)
+        names = target.split(",")
+        name = fleet_target(names) if len(names) > 1 else target  # a Lambda fleet's bounded target
+        return self.client.get_workflow_handle(workflow_id(kind, name) if is_name else target)
 
     def no_worker(self, what: str) -> NoWorker:
         return NoWorker(f"no worker answered {what} within a few seconds: is the rollback worker running "
@@ -448,9 +512,9 @@ class Rollbacks:
             if e.status != RPCStatusCode.NOT_FOUND:
                 raise
             self.check_target(kind, target)  # a typo is the likeliest cause: say so
-            return NoSuchRollback(f"no rollback workflow {handle.id!r}; 'starter.py list' shows the running ones")
+            return NoSuchRollback(f"no rollback workflow {handle.id!r}; '{CLI} list' shows the running ones")
         return RollbackEnded(f"rollback {handle.id} has already ended ({state(desc.status)}); "
-                             f"'starter.py status {target}' shows how it ended")
+                             f"'{CLI} status {quote(target)}' shows how it ended")
 
     async def query_status(self, handle: WorkflowHandle) -> RollbackStatus | None:
         """The workflow's status; None if it has not run its first step yet. Raises RPCError NOT_FOUND."""
@@ -468,9 +532,17 @@ class Rollbacks:
             raise
 
     async def fetch_status(self, handle: WorkflowHandle, kind: str, target: str) -> RollbackStatus:
+        # A restarted worker takes a few seconds to answer queries (the server first tries the old one's
+        # sticky queue): ask again for NO_WORKER_GRACE before saying no worker answered.
+        patience = time.monotonic() + NO_WORKER_GRACE.total_seconds()
         for _ in range(10):  # None only for the moment between the start and its first workflow task
             try:
                 status = await self.query_status(handle)
+            except NoWorker:
+                if time.monotonic() > patience:
+                    raise
+                await asyncio.sleep(POLL_SECONDS)
+                continue
             except RPCError as e:
                 if e.status == RPCStatusCode.NOT_FOUND:
                     raise await self.not_running(handle, kind, target) from None
@@ -533,11 +605,11 @@ class Rollbacks:
             status = await self.query_status(handle)
             if status is not None and status.phase in FINAL_PHASES:
                 raise RollbackEnded(f"rollback {handle.id} has already ended ({status.phase.value}); "
-                                    f"'starter.py status {target}' shows how it ended") from None
+                                    f"'{CLI} status {quote(target)}' shows how it ended") from None
             raise NotRecorded(f"not recorded: {e.cause.message if e.cause else e}") from None
         except WorkflowUpdateRPCTimeoutOrCancelledError:
             raise NoWorker(f"no answer from the workflow within {UPDATE_TIMEOUT.seconds}s, so the {req.decision} may NOT "
-                           f"be recorded: check 'starter.py status {target}' (is the worker running?)") from None
+                           f"be recorded: check '{CLI} status {quote(target)}' (is the worker running?)") from None
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
                 raise await self.not_running(handle, kind, target) from None

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.catalog_docs import REFERENCE, explain
 from common.identity import PROOF_FIELDS, IdentityConfig, Person
 from common.policy import AUTO_ROLLBACK_REQUESTER, ROLE_LABEL, SEVERITY_SCALE, Policy, Severity
+from common.releases import Release
 
 T = TypeVar("T")
 
@@ -277,7 +278,7 @@ class Stack(Strict):
 
 
 # The procedures an alert rule may start (common/api.py PROCEDURES; a test keeps them equal).
-KINDS = ("service", "database", "frontend", "lambda", "infra", "flag", "config")
+KINDS = ("service", "database", "frontend", "lambda", "infra", "flag", "config", "release")
 
 
 class SeverityFromLabel(Strict):
@@ -457,6 +458,9 @@ class Catalog(Strict):
     flags: dict[str, Flag] = Field(default_factory=dict, description="FeatureFlagRollback")
     configs: dict[str, ConfigTarget] = Field(default_factory=dict, description="ConfigRollback")
     prometheus: Prometheus | None = Field(None, description="the server metrics with provider prometheus read")
+    releases: dict[str, Release] = Field(default_factory=dict, description="what each release shipped "
+                                         "(ReleaseRollback, docs/releases.md); releases the pipeline recorded "
+                                         "(starter.py release record) need no entry here")
 
     @model_validator(mode="after")
     def _flags_have_stores(self) -> "Catalog":
@@ -490,6 +494,23 @@ class Catalog(Strict):
                 raise ValueError(f"databases.{name}.app_service {db.app_service!r} is not under services: "
                                  f"(known: {', '.join(sorted(self.services)) or 'none'})")
         return self
+
+    @model_validator(mode="after")
+    def _names_unique_across_kinds(self) -> "Catalog":
+        """A name means one target: `starter.py status NAME` and alerts find its kind from it."""
+        seen: dict[str, str] = {}
+        for section, names in self.sections().items():
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"the name {name!r} is under both {seen[name]}: and {section}:; a name must be "
+                                     "unique across kinds (the CLI and alerts find the kind from it): rename one")
+                seen[name] = section
+        return self
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The target sections by their YAML name (``services``, ``flags``, ...)."""
+        return {"services": self.services, "databases": self.databases, "sites": self.sites,
+                "functions": self.functions, "stacks": self.stacks, "flags": self.flags, "configs": self.configs}
 
     def _metrics(self) -> list[MetricQuery]:
         entries = [*self.services.values(), *self.sites.values(), *self.functions.values(), *self.flags.values(),
@@ -558,8 +579,9 @@ def check_catalog(catalog: Catalog) -> list[str]:
                             f"[{REFERENCE}#alertrule]")
             continue
         problems += [f"{where}.input{p} [{REFERENCE}#alertrule]" for p in _rule_input_problems(rule, catalog, *PROCEDURES[rule.kind][1:],
-                                                                         CATALOG_LOOKUP[rule.kind])]
+                                                                         CATALOG_LOOKUP.get(rule.kind, ""))]
     problems += _identity_problems(catalog)
+    problems += release_problems(catalog)
     rules = {r.name for r in catalog.alert_rules}
     for entry in catalog.policy.automation_may_proceed:
         source, sep, rule_name = entry.partition(":")
@@ -568,6 +590,23 @@ def check_catalog(catalog: Catalog) -> list[str]:
                 f"policy.automation_may_proceed: {entry!r} is neither '{AUTO_ROLLBACK_REQUESTER}' (the auto-rollback "
                 "schedule) nor '<source>:<name of a rule under alert_rules>' (rules: "
                 f"{', '.join(sorted(rules)) or 'none'}), e.g. 'alertmanager:high-error-rate' [{REFERENCE}#policy]")
+    return problems
+
+
+def release_problems(catalog: Catalog) -> list[str]:
+    """Each release names only what the catalog has (docs/releases.md)."""
+    from common.releases import valid_name
+
+    problems = []
+    for name, rel in catalog.releases.items():
+        if not valid_name(name):
+            problems.append(f"releases.{name}: a release name is letters, digits and . _ - (e.g. v1.2.3)")
+        for section, names in (("services", rel.services), ("functions", rel.functions), ("sites", rel.sites),
+                               ("flags", rel.flags), ("flags", rel.kill_switches),
+                               ("databases", rel.databases)):
+            known = getattr(catalog, section)
+            problems += [f"releases.{name}: {n!r} is not under {section}: (known: {', '.join(sorted(known)) or 'none'})"
+                         for n in names if n not in known]
     return problems
 
 
@@ -632,7 +671,7 @@ def _rule_input_problems(rule: AlertRule, catalog: Catalog, model: type[BaseMode
                 msg = f"required by {rule.kind} rollbacks: add it (a value or a template such as {{labels.{key}}})"
             problems.append(f".{key}: {msg}" if key else f": {msg}")
     target = rule.input.get(target_field)
-    if isinstance(target, str) and target_field not in templated:
+    if isinstance(target, str) and target_field not in templated and lookup:
         try:
             getattr(catalog, lookup)(target)
         except UnknownTarget as e:
@@ -640,10 +679,13 @@ def _rule_input_problems(rule: AlertRule, catalog: Catalog, model: type[BaseMode
     return problems
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_LOADER)  # libyaml's C parser when installed
     except FileNotFoundError:
         raise CatalogError(
             f"{path}: catalog file not found; set ROLLBACK_CATALOG to your catalog.yaml"

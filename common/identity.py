@@ -146,6 +146,8 @@ class ProofRecord(BaseModel):
     issuer: str = Field("", description="OIDC issuer, slack:<team>, or the automation that signed")
     subject: str = Field("", description="the claim value, Slack user id or automation name")
     via: str = Field("", description="a parent rollback that vouched for its child's requester")
+    approved_by: list[str] = Field(default_factory=list, description="a parent rollback's approval, vouched for "
+                                   "its child by the worker: the child asks no one again (a release rollback)")
     expires_at: datetime | None = None
 
     def describe(self) -> str:
@@ -153,7 +155,8 @@ class ProofRecord(BaseModel):
             return "not verified (identity.mode: unverified)"
         how = {"oidc": "OIDC token", "slack": "Slack", "automation": "automation key"}[self.kind]
         text = f"{how} from {self.issuer}" + (f" ({self.subject})" if self.subject else "")
-        return text + (f", via {self.via}" if self.via else "")
+        return text + (f", via {self.via}" if self.via else "") + (
+            f", approved there by {', '.join(self.approved_by)}" if self.approved_by else "")
 
 
 class ProofCheck(BaseModel):
@@ -181,7 +184,8 @@ class Vouch(BaseModel):
     target: str
     digest: str
     via: str
-    proof: ProofRecord
+    proof: ProofRecord | None = Field(None, description="the requester's proof; None: not proven (automation)")
+    approved_by: list[str] = Field(default_factory=list, description="the parent's approval covers this child")
 
 
 class Verified(BaseModel):

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 import structlog
+from temporalio import workflow
 
 _CONTEXT = {
     "temporal_workflow": ("workflow_id", "run_id", "workflow_type"),
@@ -30,6 +31,17 @@ def _temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _Formatter(structlog.stdlib.ProcessorFormatter):
+    """Renders records logged from inside the workflow sandbox too: the SDK logs there (e.g. a malformed
+    signal it drops, with its traceback), and rendering a traceback reads source files (``os.path``,
+    ``linecache``), which the sandbox forbids; the failure would print "--- Logging error ---" instead.
+    Formatting is not workflow code, so it runs unrestricted (and imports nothing into the sandbox)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        with workflow.unsafe.sandbox_unrestricted(), workflow.unsafe.imports_passed_through():
+            return super().format(record)
+
+
 def configure(fmt: str = "auto", level: str = "INFO") -> None:
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer = structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
@@ -45,8 +57,8 @@ def configure(fmt: str = "auto", level: str = "INFO") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler()
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, _temporal_context],
+    handler.setFormatter(_Formatter(
+        foreign_pre_chain=[*shared, _temporal_context, structlog.processors.format_exc_info],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     ))
     root = logging.getLogger()

@@ -6,6 +6,8 @@ Inputs forbid unknown fields so a typo in the Web UI's JSON is an error, not a s
 
 from __future__ import annotations
 
+import hashlib
+
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -180,8 +182,22 @@ class LambdaRollbackInput(RollbackRequest):
 
     @property
     def target(self) -> str:
-        """The name of the lock, the RollbackTarget search attribute and the CLI's workflow id."""
-        return self.function if self.function is not None else ",".join(sorted(self.names))
+        """The RollbackTarget search attribute and the CLI's workflow id: bounded whatever the fleet."""
+        return self.function if self.function is not None else fleet_target(self.names)
+
+
+FLEET_NAMES_SHOWN = 200  # a fleet's sorted names joined, up to this length; beyond it a digest stands in
+
+
+def fleet_target(names: list[str]) -> str:
+    """A fleet's name for ids and people: its sorted names joined with ',' while that stays short, else
+    the first name, the count and a digest of all of them (a 200-function fleet joined was 1,615
+    characters, over Temporal's 1,000 for a workflow id). The full list is in the input."""
+    joined = ",".join(sorted(names))
+    if len(joined) <= FLEET_NAMES_SHOWN:
+        return joined
+    first = sorted(names)[0][:60]
+    return f"{first}-and-{len(names) - 1}-more-{hashlib.sha256(joined.encode()).hexdigest()[:12]}"
 
 
 class InfraRollbackInput(RollbackRequest):
@@ -247,6 +263,16 @@ class ConfigRollbackInput(RollbackRequest):
     def _version_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # 1 from JSON means "1"
 
+
+
+class ReleaseRollbackInput(RollbackRequest):
+    """Every component of a release, in the runbook's order, under one approval (docs/releases.md).
+    Workflow id for the CLI: ``rollback-release-<release>``."""
+
+    release: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                         description="the release's name, e.g. v1.2.3 (recorded, or under releases: in the catalog)")
+    leave_out: list[str] = Field(default_factory=list, max_length=100,
+                                 description="components (catalog names) of the release not to roll back")
 
 
 # --- decisions (signal and update payloads: one JSON object each, for the Web UI) ---
@@ -359,6 +385,13 @@ class Requirement(BaseModel):
     eligible: list[str]
     met_by: list[str] = Field(default_factory=list)
 
+    def missing(self) -> str:
+        """Who is still needed, e.g. "2 approvers (SEV-0) of alice, bob"."""
+        n = self.count - len(self.met_by)
+        noun, sep, rest = self.label.partition(" (")
+        return (f"{n} {noun}{'' if n == 1 else 's'}{sep}{rest} of "
+                f"{', '.join(self.eligible) or 'nobody listed'}")
+
 
 class Approvals(BaseModel):
     required: list[Requirement] = Field(default_factory=list)
@@ -368,6 +401,7 @@ class Approvals(BaseModel):
     rejected_by: ApprovalRecord | None = None
     satisfied: bool = False
     context: str = Field("", description="what the approvers are asked to approve")
+    step: str = Field("", description="the step this gate decided (Approval, or a paused step)")
 
 
 Verdict = Literal["passed", "failed", "inconclusive"]
@@ -427,6 +461,28 @@ class Change(BaseModel):
     detail: str = ""
 
 
+class ComponentState(BaseModel):
+    """One component of a release rollback, as its child rollback reports it."""
+
+    kind: str = Field(description="flag, kill_switch, service, lambda, frontend, database")
+    name: str
+    phase: str = Field("planned", description="planned, left_out, running, then the child's final phase, or "
+                                              "not_started")
+    from_version: str | None = None
+    to_version: str | None = None
+    workflow_id: str = ""
+    message: str = ""
+
+
+class MonitoringProgress(BaseModel):
+    """The post-rollback monitoring window as it goes (the latest values are in ``checks``)."""
+
+    round: int = Field(0, description="rounds of checks done")
+    rounds: int = Field(0, description="rounds planned in the window")
+    next_check_at: datetime | None = Field(None, description="when the next round of checks runs")
+    ends_at: datetime | None = Field(None, description="when the window ends")
+
+
 class RollbackStatus(BaseModel):
     kind: str
     target: str
@@ -443,6 +499,8 @@ class RollbackStatus(BaseModel):
     verified: bool = Field(True, description="False: identity.mode unverified, approvals are not verified")
     severity_changes: list[SeverityChange] = Field(default_factory=list)
     approvals: Approvals = Field(default_factory=Approvals)
+    earlier_approvals: list[Approvals] = Field(default_factory=list, description=(
+        "gates decided before the current one (e.g. the start's approval once a paused step asks again)"))
     steps: list[Step] = Field(default_factory=list)
     checks: list[CheckResult] = Field(default_factory=list)
     regressions: list[CheckResult] = Field(default_factory=list)
@@ -450,6 +508,8 @@ class RollbackStatus(BaseModel):
                                                                           "(the last 200; readings_dropped counts older)")
     readings_dropped: int = 0
     plan: list[str] = Field(default_factory=list)
+    components: list["ComponentState"] = Field(default_factory=list, description="a release rollback: each "
+                                               "component's rollback, in order (docs/releases.md)")
     evidence: list[Evidence] = Field(default_factory=list, description="alerts that asked for this rollback "
                                                                         "(the first ones; evidence_received counts all)")
     evidence_received: int = 0
@@ -463,7 +523,15 @@ class RollbackStatus(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    monitoring: MonitoringProgress | None = Field(None, description="while monitoring: round, next check, end")
     trimmed: dict[str, int] = Field(default_factory=dict, description="items left out to keep the status small")
+
+
+def one_line(kind: str, target: str, from_version: str | None, to_version: str | None, severity: str,
+             requested_by: str) -> str:
+    """The Web UI's summary of a rollback: kind, target, from -> to, severity, requester."""
+    return (f"{kind} rollback of {target}: {from_version or 'current'} -> {to_version or 'previous'}, "
+            f"{severity}, requested by {requested_by}")
 
 
 DecisionOutcome.model_rebuild()

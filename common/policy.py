@@ -128,6 +128,8 @@ class Policy(BaseModel):
     invalidation_timeout_minutes: float = Field(30, gt=0, description="runbook: 5-10 minutes")
     invalidation_poll_seconds: float = Field(20, gt=0)
     settle_timeout_minutes: float = Field(30, gt=0)
+    fleet_concurrency: int = Field(16, ge=1, le=200, description="functions of a Lambda fleet read and "
+                                                                  "changed at the same time")
     settle_poll_seconds: float = Field(15, gt=0)
     # Feature flags (runbook section 4, "Fastest rollback method"): a kill switch requested by an
     # on-call engineer at these severities proceeds at once, whatever the matrix above says; a

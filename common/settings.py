@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     catalog: Path | None = Field(None, alias="ROLLBACK_CATALOG")
 
     metrics_port: int = Field(9464, alias="ROLLBACK_METRICS_PORT", description="0 turns it off")
+    metrics_host: str = Field("127.0.0.1", alias="ROLLBACK_METRICS_HOST",
+                              description="where /metrics listens; 0.0.0.0 for a scraper elsewhere (compose)")
     slack_webhook_url: SecretStr | None = Field(None, alias="ROLLBACK_SLACK_WEBHOOK_URL")
     # Links in notifications: the rollback's Web UI page (default: the embedded dev server's UI) and
     # the Grafana dashboard of docs/grafana-dashboard.json, once imported.

@@ -39,7 +39,7 @@ async def connect(settings: Settings, *, metrics_port: int | None = None) -> Cli
     runtime = None
     if metrics_port:
         runtime = Runtime(
-            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"0.0.0.0:{metrics_port}"))
+            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{settings.metrics_host}:{metrics_port}"))
         )
     return await Client.connect(
         settings.address,

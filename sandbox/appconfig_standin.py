@@ -34,7 +34,8 @@ What it does, as the AppConfig API reference describes (ids are 7 characters of 
   good for one call and the answer carries the next one. For an ``AWS.AppConfig.FeatureFlags``
   profile the content is AppConfig's retrieval-time form: ``{"flag": {"enabled": true,
   "attribute": value, ...}}``, a disabled flag as ``{"enabled": false}`` alone.
-- ``POST /moto-api/reset`` forgets all of the above too.
+- ``POST /moto-api/reset`` forgets all of the above too; ``state``/``load_state`` let the sandbox keep it
+  across restarts (sandbox/state.py).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class _Deployment:
     strategy: dict[str, Any]
     description: str
     started_at: str = field(default_factory=_now)
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.time)  # wall clock: it outlives the process (sandbox/state.py)
     state: str = "DEPLOYING"
     percent: float = 0.0
     completed_at: str | None = None
@@ -206,6 +207,15 @@ class AppConfigStandIn:
         with self._lock:
             self._regions.clear()
             self._fail_next = 0
+
+    def state(self) -> dict[str, Any]:
+        """What the stand-in holds beyond moto, for the sandbox's persistence (sandbox/state.py)."""
+        with self._lock:
+            return {"regions": self._regions, "fail_next": self._fail_next}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self._regions, self._fail_next = state["regions"], state["fail_next"]
 
     def roll_back_next(self) -> None:
         """The next deployment started ends ROLLED_BACK instead of completing."""
@@ -347,7 +357,7 @@ class AppConfigStandIn:
         if poll:
             d.polls += 1
         stage = max(d.polls // max(self.polls_per_stage, 1),
-                    int((time.monotonic() - d.started) / self.seconds_per_stage) if self.seconds_per_stage > 0 else 2)
+                    int((time.time() - d.started) / self.seconds_per_stage) if self.seconds_per_stage > 0 else 2)
         if stage < 1:
             return
         if d.fails:

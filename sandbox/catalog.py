@@ -189,13 +189,21 @@ def bookings_metric() -> dict[str, Any]:
             "baseline_from": ["week_ago"], "baseline": BOOKINGS, "unit": "/min"}
 
 
+def releases_dict() -> dict[str, Any]:
+    """The sandbox's release v1.2.3, as the deploy pipeline would record it (docs/releases.md): the api
+    image, the search indexer's version 4, the site's v1.2.3 build and the new booking flow's flag."""
+    return {"v1.2.3": {"services": {"api": "v1.2.3"}, "functions": {FUNCTION: "4"}, "sites": {"web": "v1.2.3"},
+                       "flags": ["new_feature_enabled"], "recorded_by": "sandbox"}}
+
+
 def full_catalog_dict(http_base: str, fleet: Fleet | None, prometheus: SandboxPrometheus | None = None
                       ) -> dict[str, Any]:
     """What the sandbox writes: ``catalog_dict`` plus ``databases_dict``, the Lambda function, the
     alert rules, and the new booking flow's flag linked to its business metric (checked after a
     flag rollback: did bookings come back?)."""
     data = {**catalog_dict(http_base, fleet, prometheus), "databases": databases_dict(http_base),
-            "functions": {FUNCTION: lambda_catalog_entry()}, "alert_rules": alert_rules()}
+            "functions": {FUNCTION: lambda_catalog_entry()}, "alert_rules": alert_rules(),
+            "releases": releases_dict()}
     data["flags"]["new_feature_enabled"]["metrics"] = [bookings_metric()]
     data["policy"]["automation_may_proceed"].append(HIGH_ERROR_RATE_AUTOMATION)
     return data

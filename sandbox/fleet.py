@@ -91,11 +91,13 @@ class Fleet(BaseModel):
                 self.green_target_group_arn: GREEN_SERVICE}[target_group_arn]
 
 
-def client(service: str, endpoint_url: str, region: str = REGION) -> Any:
-    """A boto3 client for moto: fake credentials, and few retries so mistakes fail fast."""
+def client(service: str, endpoint_url: str, region: str = REGION, threads: int = 10) -> Any:
+    """A boto3 client for moto: fake credentials, and few retries so mistakes fail fast; a pool for
+    ``threads`` threads sharing it."""
     return boto3.client(service, endpoint_url=endpoint_url, region_name=region,
                         aws_access_key_id="testing", aws_secret_access_key="testing",
-                        config=Config(retries={"mode": "standard", "max_attempts": 2}))
+                        config=Config(retries={"mode": "standard", "max_attempts": 2},
+                                      max_pool_connections=max(10, threads)))
 
 
 # -- live reads (the endpoints and the metric emitter answer from moto's current state) --

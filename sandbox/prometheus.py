@@ -15,8 +15,8 @@ Where Debian's ``prometheus`` is installed (``make prometheus``), the sandbox ru
   create-blocks-from openmetrics`` before Prometheus starts: the measured baseline (``last_good``,
   the window before the v1.2.3 deploy) has data. Without promtool there is no history, and the
   verdict says it fell back to the catalog's constant.
-- Prometheus itself: storage in ``<data dir>/prometheus`` (emptied at each start, as the sandbox
-  starts over at the incident), ``--web.listen-address=127.0.0.1:<port>``, scraping the traffic
+- Prometheus itself: storage in ``<data dir>/prometheus`` (emptied when the sandbox is seeded at
+  the incident, kept when it resumes from the last run's AWS: sandbox/state.py), ``--web.listen-address=127.0.0.1:<port>``, scraping the traffic
   exporter every ``scrape_seconds``.
 
 ``start_prometheus`` returns the running ``SandboxPrometheus``, or None and the reason (not installed,
@@ -234,8 +234,10 @@ def _port_taken(port: int) -> bool:
 
 
 def start_prometheus(endpoint_url: str, fleet: Fleet, data_dir: Path, port: int = 9090,
-                     scrape_seconds: float = 5, timeout: float = 30) -> tuple[SandboxPrometheus | None, str]:
-    """Exporter + history + Prometheus on 127.0.0.1:``port`` (0: any free port); or (None, why not)."""
+                     scrape_seconds: float = 5, timeout: float = 30,
+                     keep: bool = False) -> tuple[SandboxPrometheus | None, str]:
+    """Exporter + history + Prometheus on 127.0.0.1:``port`` (0: any free port); or (None, why not).
+    ``keep``: the sandbox resumed (sandbox/state.py), so its metrics go on from the last run's storage."""
     binary = shutil.which("prometheus")
     if binary is None:
         return None, "Debian's prometheus is not installed (make prometheus installs it)"
@@ -243,10 +245,13 @@ def start_prometheus(endpoint_url: str, fleet: Fleet, data_dir: Path, port: int 
         return None, f"port {port} is taken (set ROLLBACK_SANDBOX_PROMETHEUS_PORT to a free one)"
     port = port or _free_port()
     home = Path(data_dir) / "prometheus"
-    shutil.rmtree(home, ignore_errors=True)
-    (home / "tsdb").mkdir(parents=True)
+    kept = keep and (home / "tsdb").is_dir()
+    if not kept:
+        shutil.rmtree(home, ignore_errors=True)
+    (home / "tsdb").mkdir(parents=True, exist_ok=True)
     try:
-        history = write_history(home / "tsdb", datetime.now(timezone.utc), scrape_seconds)
+        history = ("the last run's, kept with the sandbox's AWS" if kept else
+                   write_history(home / "tsdb", datetime.now(timezone.utc), scrape_seconds))
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:
         err = getattr(e, "stderr", "") or ""
         history = f"no history: {e} {err}".strip()

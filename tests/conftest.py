@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,8 @@ class Aws:
     http_base: str
     issuer: SandboxIssuer
     fleet: Fleet | None = None
+    seeded_at: tuple[int, float] = (-1, 0.0)  # (faults.mutations, monotonic time) after the last seed
+    fingerprint: tuple = ()  # fingerprint() after the last seed
 
     def token(self, person: str, **claims) -> str:
         return id_token(person, **claims)
@@ -144,13 +147,37 @@ def aws_server() -> Iterator[Aws]:
     shutdown()
 
 
+def fingerprint(endpoint_url: str) -> tuple:
+    """Ids moto picks at random when the fleet is seeded. moto's backends belong to the process: another
+    moto in it (tests/test_sandbox.py's sandbox, a stand-in's restart test) resets and reseeds them without
+    a call through this server's counting layer, and then these differ (a reused fleet would not be ours)."""
+    apps = aws_client("appconfig", endpoint_url).list_applications()["Items"]
+    dists = aws_client("cloudfront", endpoint_url).list_distributions()["DistributionList"].get("Items", [])
+    balancers = aws_client("elbv2", endpoint_url).describe_load_balancers()["LoadBalancers"]
+    return (tuple(sorted(a["Id"] for a in apps)), tuple(sorted(d["Id"] for d in dists)),
+            tuple(sorted(b["LoadBalancerArn"] for b in balancers)))
+
+
+RESEED_AFTER = 60.0  # seconds: a fleet left as seeded is reused this long (its metrics stay recent)
+
+
 @pytest.fixture()
 def aws(aws_server: Aws) -> Iterator[Aws]:
-    """A freshly seeded fleet (api-service on v1.2.3, blue/green pair blue-live) with metrics."""
-    reset(aws_server.endpoint_url)
-    aws_server.fleet = seed(aws_server.endpoint_url)
-    backfill(aws_client("cloudwatch", aws_server.endpoint_url))
-    emit_once(aws_server.endpoint_url)
+    """A freshly seeded fleet (api-service on v1.2.3, blue/green pair blue-live) with metrics. Seeding
+    takes seconds: when nothing may have changed moto's state since the last seed (a test that only read,
+    or used no AWS at all: tests/support/moto_faults.py counts every other call) and it is recent, that
+    fleet is reused as it is."""
+    faults = aws_server.faults
+    fresh = aws_server.fleet is not None and faults.mutations == aws_server.seeded_at[0] \
+        and time.monotonic() - aws_server.seeded_at[1] < RESEED_AFTER \
+        and fingerprint(aws_server.endpoint_url) == aws_server.fingerprint
+    if not fresh:
+        reset(aws_server.endpoint_url)
+        aws_server.fleet = seed(aws_server.endpoint_url)
+        backfill(aws_client("cloudwatch", aws_server.endpoint_url))
+        emit_once(aws_server.endpoint_url)
+        aws_server.fingerprint = fingerprint(aws_server.endpoint_url)
+        aws_server.seeded_at = (faults.mutations, time.monotonic())
     endpoints = EndpointServer(aws_server.endpoint_url, aws_server.fleet, port=0, issuer=aws_server.issuer)
     endpoints.start()
     aws_server.http_base = endpoints.base_url
@@ -218,9 +245,13 @@ async def _register_search_attributes(client: Client) -> None:
         search_attributes={n: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for n in SEARCH_ATTRIBUTES}))
 
 
-@pytest_asyncio.fixture(scope="session")
+@pytest_asyncio.fixture(scope="module")
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping server: timers (approval timeouts, 30-minute monitoring) pass at once."""
+    """The time-skipping server: timers (approval timeouts, 30-minute monitoring) pass at once.
+
+    One per test module (it starts in about a second): a server shared by the session kept state from
+    earlier modules; after the 200-function fleet it no longer skipped time, so later modules' 5-minute
+    monitoring windows passed in real minutes and their "now" metric data aged out of the window."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binary("temporal-test-server"),
         data_converter=pydantic_data_converter)

@@ -175,3 +175,91 @@ async def test_record_identity(ts_env, aws, catalog):
         result = await h.result()
         assert result.phase.value == "succeeded" and len(result.approvals.refused) == 1
         await save(h, "service_identity_proofs_succeeded")
+
+
+async def test_record_fast_path(ts_env, aws, catalog):
+    """Issue 13's fast path (fast-path): the scoped catalog, local reads, ECS identify, the announcement
+    alongside the work; an approval request after it; a Lambda fleet at policy.fleet_concurrency.
+
+        .venv/bin/python -m pytest tests/record_histories.py -k fast_path
+    """
+    from sandbox.lambda_fleet import ensure_function
+    from tests.conftest import id_token
+    from tests.test_lambda import OTHER
+
+    ensure_function(aws.client("lambda"), aws.client("iam"), OTHER, versions=3)
+    use_functions(catalog, {FUNCTION: catalog_entry(), OTHER: {"function_name": OTHER}})
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        tq, c = worker.task_queue, ts_env.client
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, id_token=id_token("dana"), monitor_minutes=5),
+                                   id="rec-fast-path-service", task_queue=tq)
+        result = await h.result()
+        assert result.phase.value == "succeeded", result.message
+        await save(h, "fast_path_service_succeeded")
+
+        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, severity="SEV-1", requested_by="zoe",
+                                                            to_version="v1.2.3", monitor_minutes=5),
+                                   id="rec-fast-path-approved", task_queue=tq)
+        await wait_phase(h, "awaiting_approval")
+        await h.signal(ServiceRollback.approve, Decision(approver="alice", id_token=id_token("alice")))
+        result = await h.result()
+        assert result.phase.value == "succeeded", result.message
+        await save(h, "fast_path_service_approved")
+
+        h = await c.start_workflow(LambdaRollback.run, LambdaRollbackInput(
+            functions=[catalog.name(FUNCTION), catalog.name(OTHER)], severity="SEV-2", requested_by="dana",
+            reason="recorded scenario", id_token=id_token("dana"), monitor_minutes=5),
+            id="rec-fast-path-fleet", task_queue=tq)
+        result = await h.result()
+        assert result.phase.value == "succeeded", result.message
+        await save(h, "fast_path_lambda_fleet_succeeded")
+
+
+async def test_record_release(ts_env, aws, catalog):
+    """A release rolled back under one approval (ReleaseRollback, issue 15): the release's history and
+    one of its components' (approved by the release, announcing nothing itself). Only these files:
+
+        .venv/bin/python -m pytest tests/record_histories.py -k release
+    """
+    from common.models import ReleaseRollbackInput
+    from tests.conftest import id_token
+    from tests.test_release import with_release
+    from workflows.release import ReleaseRollback
+
+    cat = with_release(catalog)
+    async with in_process_worker(ts_env.client, cat) as worker:
+        h = await ts_env.client.start_workflow(ReleaseRollback.run, ReleaseRollbackInput(
+            release="v1.2.3", severity="SEV-2", requested_by="zoe", id_token=id_token("zoe"),
+            reason="recorded scenario", monitor_minutes=5),
+            id="release_succeeded", task_queue=worker.task_queue)  # = the file: replay takes its id from it
+        await wait_phase(h, "awaiting_approval")
+        await h.signal(ReleaseRollback.approve, Decision(approver="dana", id_token=id_token("dana")))
+        result = await h.result()
+        assert result.phase.value == "succeeded", result.message
+        await save(h, "release_succeeded")
+        child = next(c.workflow_id for c in result.components if c.kind == "service")
+        await save(ts_env.client.get_workflow_handle(child), "release_component_service_succeeded")
+
+
+async def test_record_fleet_batch(ts_env, aws, catalog):
+    """Issue 13's fleet batches (fleet-batch): a Lambda fleet read, moved and checked with one activity
+    per step for all its functions, at once and in routing steps. Only these files:
+
+        .venv/bin/python -m pytest tests/record_histories.py -k fleet_batch
+    """
+    from sandbox.lambda_fleet import ensure_function
+    from tests.conftest import id_token
+    from tests.test_lambda import OTHER
+
+    ensure_function(aws.client("lambda"), aws.client("iam"), OTHER, versions=3)
+    use_functions(catalog, {FUNCTION: catalog_entry(), OTHER: {"function_name": OTHER}})
+    names = [catalog.name(FUNCTION), catalog.name(OTHER)]
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        for routing, name in ((None, "fleet_batch_lambda_succeeded"), ([50, 100], "fleet_batch_lambda_routing")):
+            h = await ts_env.client.start_workflow(LambdaRollback.run, LambdaRollbackInput(
+                functions=names, severity="SEV-2", requested_by="dana", reason="recorded scenario",
+                id_token=id_token("dana"), monitor_minutes=5, routing_steps=routing), id=f"rec-{name}",
+                task_queue=worker.task_queue)
+            result = await h.result()
+            assert result.phase.value == "succeeded", result.message
+            await save(h, name)

@@ -90,7 +90,7 @@ def test_alert_rules_are_checked_against_their_procedures(tmp_path):
     found = problems(tmp_path, data)
     assert found == [
         "alert_rules.4.kind: 'servce' is not a procedure; use one of: service, database, frontend, lambda, infra, "
-        "flag, config [docs/catalog.md#alertrule]",
+        "flag, config, release [docs/catalog.md#alertrule]",
         "alert_rules.5.input.action: required by flag rollbacks: add it (a value or a template such as "
         "{labels.action}) [docs/catalog.md#alertrule]",
         "alert_rules.5.input.actoin: not an input of flag rollbacks; its inputs are: dry_run, monitor_minutes, flag, "

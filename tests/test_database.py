@@ -121,9 +121,12 @@ async def test_post_migration_rolls_back_the_application_first(ts_env, aws, tmp_
         result = await ts_env.client.execute_workflow(
             DatabaseRollback.run, req(cat, mode="post_migration", rollback_migration=True), id=new_id(),
             task_queue=worker.task_queue)
+        child = await ts_env.client.get_workflow_handle(result.extra["application_rollback"]).describe()
     assert result.phase.value == "succeeded", result.message
     assert running_revision(aws) == (42, "v1.2.2")
     assert schema_version(pg_database) == "0002"
+    # the child has the Web UI's one-line Summary too
+    assert (await child.static_summary() or "").startswith(f"service rollback of {cat.api}: current -> ")
     steps = [s.name for s in result.steps]
     assert steps.index("Rollback application first") < steps.index("Rollback migration")
 
@@ -308,3 +311,22 @@ async def test_migration_as_an_ecs_one_off_task(ts_env, aws, tmp_path, pg_databa
     steps = {st.name: st for st in s.steps}
     assert steps["Rollback migration"].state.value == "succeeded" and "exited 0" in steps["Rollback migration"].detail
     assert "schema validation failed" in failure_text(excinfo)
+
+
+async def test_integrity_step_says_skipped_not_configured_when_the_catalog_lists_no_checks(ts_env, aws, tmp_path,
+                                                                                         pg_database):
+    """Issue 14: 'Validate data integrity: succeeded' when no check ran."""
+    upgrade(pg_database, "0003")
+    seed_bookings(pg_database, 5)
+    cat = with_database(tmp_path, aws, pg_database, rds_instance="rastup-prod", restored_dsn=pg_database,
+                        cutover={"kind": "secret", "secret_id": "rastup/prod/db", "host_key": "host"})
+    async with in_process_worker(ts_env.client, cat) as worker:
+        handle = await ts_env.client.start_workflow(
+            DatabaseRollback.run, req(cat, mode="snapshot_restore"), id=new_id(), task_queue=worker.task_queue)
+        await wait_phase(handle, "awaiting_approval")
+        await handle.signal(DatabaseRollback.approve, Decision(approver="erin", id_token=id_token("erin")))
+        result = await handle.result()
+    assert result.phase.value == "succeeded", result.message
+    integrity = next(st for st in result.steps if st.name == "Validate data integrity")
+    assert integrity.state.value == "skipped" and "not configured" in (integrity.detail or ""), integrity
+    assert {c.name for c in result.checks} == {"smoke: health"}  # no integrity check pretends to have passed

@@ -114,3 +114,26 @@ async def test_dry_run_shows_the_plan(ts_env, aws, catalog):
     assert result.phase.value == "planned"
     assert result.plan[0].startswith("3 object(s) to copy") and "delete new-feature.js" in result.plan
     assert aws.faults.calls["CopyObject"] == 0 and "v1.2.3" in httpx.get(f"{aws.http_base}/site/").text
+
+
+async def test_the_status_names_the_live_release_it_rolls_back_from(ts_env, aws, catalog):
+    """Issue 14: the status said 'version: ? -> v1.2.2'; the plan reads which release the live bucket serves."""
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        planned = await ts_env.client.execute_workflow(FrontendRollback.run, req(catalog, dry_run=True), id=new_id(),
+                                                       task_queue=worker.task_queue)
+        assert (planned.from_version, planned.to_version) == ("v1.2.3", "v1.2.2")
+        done = await ts_env.client.execute_workflow(FrontendRollback.run, req(catalog), id=new_id(),
+                                                    task_queue=worker.task_queue)
+        assert done.phase.value == "succeeded", done.message
+        assert (done.from_version, done.to_version) == ("v1.2.3", "v1.2.2")
+
+        # a hotfix no release prefix matches: the status says how old the live site is, never '?'
+        time.sleep(1.1)  # S3 times have one-second resolution
+        restore_to = datetime.now(timezone.utc)
+        time.sleep(1.1)
+        put_release(aws, "v1.2.4", {})
+        newest = max(o["LastModified"] for o in aws.client("s3").list_objects_v2(Bucket=SITE_BUCKET)["Contents"])
+        hotfix = await ts_env.client.execute_workflow(
+            FrontendRollback.run, req(catalog, strategy="object_versions", to_release=None, restore_to=restore_to,
+                                      dry_run=True), id=new_id(), task_queue=worker.task_queue)
+    assert hotfix.from_version == f"live as of {newest:%Y-%m-%d %H:%M:%S} UTC", hotfix.from_version

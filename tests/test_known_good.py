@@ -164,7 +164,11 @@ async def test_the_auto_rollback_check_never_cascades(dev_env, aws, tmp_path):
             fourth = (await check(dev_env.client, worker.task_queue)).services[0]
             assert (fourth.outcome, fourth.version) == ("handled", "v1.2.4"), fourth.detail
             assert f"not started again: {wid} ended (succeeded)" in fourth.detail
-            set_policy(catalog, metric_window_minutes=0.01)
+            # a 3-second reading that starts after the rollback ended, with fresh data in it (a loaded machine
+            # can take longer than a shorter window between writing the datapoint and the check reading it)
+            set_policy(catalog, metric_window_minutes=0.05)
+            await asyncio.sleep(3.2)
+            unhealthy(aws, "v1.2.4")
             window = (await check(dev_env.client, worker.task_queue)).services[0]
             assert window.outcome == "declined", window.detail  # a reading past the rollback: the cooldown holds
             assert "within policy.auto_rollback_cooldown_minutes (60)" in window.detail

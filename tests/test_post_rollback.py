@@ -78,10 +78,14 @@ async def test_checklist_reflects_the_real_check_results(ts_env, aws, catalog, r
 
 
 async def test_checklist_marks_a_failed_check_failed(ts_env, aws, catalog, receivers):
-    # the good version is erroring too: validation fails and the checklist says which item
+    # the good version is erroring too, in every minute of the window (one erroring minute among healthy
+    # ones is noise, not a failure, whichever minute the fleet's seeding left healthy): validation fails
+    # and the checklist says which item
+    now = datetime.now(timezone.utc)
     aws.client("cloudwatch").put_metric_data(Namespace="Rastup/API", MetricData=[{
-        "MetricName": "ErrorRate", "Value": 30.0, "Unit": "Percent", "Timestamp": datetime.now(timezone.utc),
-        "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": "v1.2.2"}]}])
+        "MetricName": "ErrorRate", "Value": 30.0, "Unit": "Percent", "Timestamp": now - timedelta(seconds=20 * i),
+        "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": "v1.2.2"}]}
+        for i in range(18)])
     async with in_process_worker(ts_env.client, catalog) as worker:
         handle = await ts_env.client.start_workflow(ServiceRollback.run, req(catalog), id=new_id(),
                                                     task_queue=worker.task_queue)

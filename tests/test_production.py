@@ -330,7 +330,7 @@ def test_an_invalid_catalog(deployment):
     problems = refused(d.run(".venv/bin/python worker.py"), 2, "the rollback worker")
     assert problems == [f"[catalog] {d.catalog}: 1 problem(s) in the catalog (reference: docs/catalog.md):\n"
                         "  - alert_rules.0.kind: 'flags' is not a procedure; use one of: service, database, frontend, "
-                        "lambda, infra, flag, config [docs/catalog.md#alertrule]"]
+                        "lambda, infra, flag, config, release [docs/catalog.md#alertrule]"]
 
 
 def test_aws_access_denied_and_a_missing_terraform(deployment, aws_server):

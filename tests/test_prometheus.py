@@ -205,3 +205,18 @@ def test_the_sandbox_falls_back_to_cloudwatch_when_its_prometheus_port_is_taken(
     assert "ROLLBACK_SANDBOX_PROMETHEUS_PORT" in why
     text = render(aws.http_base, aws.fleet, prom)
     assert "latency_p95 reads the Average of Latency" in text and "provider: prometheus" not in text
+
+
+def test_the_auto_rollback_checks_reading_comes_from_prometheus_too(prometheus):
+    # Before: read_metric (the 5-minute check's one value) asked CloudWatch whatever the provider said,
+    # so a catalog whose error rate lives in Prometheus got "no data" from the check, forever.
+    from activities.metrics import CloudWatchActivities, MetricRead
+    q = MetricQuery(name="latency_p95", kind="latency_p95", provider="prometheus", promql=P95, period_seconds=1,
+                    unit=" ms")
+    reads = CloudWatchActivities(AwsClients())
+    bad = reads.read_metric(MetricRead(query=q, version="v1.2.3", window_minutes=0.2, prometheus=prometheus))
+    good = reads.read_metric(MetricRead(query=q, version="v1.2.2", window_minutes=0.2, prometheus=prometheus))
+    assert bad.datapoints >= 5 and 400 <= bad.value <= 500, bad
+    assert good.datapoints >= 5 and 140 <= good.value <= 200, good
+    none = reads.read_metric(MetricRead(query=q, version="v9.9.9", window_minutes=0.2, prometheus=prometheus))
+    assert (none.value, none.datapoints) == (None, 0)  # no data is no value: the check says "not checked"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from common.models import Decision, Escalation, RollbackStatus, ServiceRollbackInput
-from tests.conftest import in_process_worker
+from common.models import Decision, DecisionRequest, Escalation, RollbackStatus, ServiceRollbackInput
+from tests.conftest import in_process_worker, slack_proof
 from tests.helpers import new_id, running_revision, wait_for, wait_phase
 from workflows.service import ServiceRollback
 
@@ -83,6 +83,42 @@ async def test_reject_ends_with_no_ecs_change(ts_env, aws, catalog):
     assert running_revision(aws) == (43, "v1.2.3")
     assert aws.faults.calls["UpdateService"] == 0
     assert [st.state.value for st in result.steps if st.name == "Execute rollback"] == ["pending"]
+
+
+async def test_a_reject_without_a_reason_is_refused_and_recorded(ts_env, aws, catalog):
+    """Issue 14: only starter.py refused an empty reason; a signal from the Web UI or temporal recorded it."""
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        handle = await start(ts_env, worker, request(catalog.api))
+        await wait_phase(handle, "awaiting_approval")
+        # as the Web UI sends it: one JSON argument, the reason left empty (or blank)
+        await handle.signal("reject", {"approver": "carol", "id_token": aws.token("carol"), "reason": " "})
+        s = await wait_for(handle, lambda s: s.approvals.refused, what="the empty reject refused")
+        assert s.phase.value == "awaiting_approval" and s.approvals.rejected_by is None
+        [refusal] = s.approvals.refused
+        assert (refusal.approver, refusal.action) == ("carol", "reject")
+        assert refusal.reason.startswith("a rejection needs a reason: say why, so the next person knows")
+        outcome = await handle.execute_update(ServiceRollback.decide, DecisionRequest(
+            decision="reject", approver="carol", id_token=aws.token("carol")))
+        assert not outcome.counted and outcome.message.startswith("a rejection needs a reason"), outcome
+
+        await handle.signal(ServiceRollback.reject, Decision(approver="carol", id_token=aws.token("carol"),
+                                                             reason="fix forward instead"))
+        result = await handle.result()
+    assert result.phase.value == "rejected" and result.approvals.rejected_by.comment == "fix forward instead"
+    assert [r.reason[:28] for r in result.approvals.refused] == ["a rejection needs a reason: "] * 2
+    assert aws.faults.calls["UpdateService"] == 0
+
+
+async def test_the_slack_reject_button_needs_no_typed_reason(ts_env, aws, catalog):
+    """A button carries no text (the #incidents thread does): a signed Reject click counts as it did."""
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        handle = await start(ts_env, worker, request(catalog.api))
+        await wait_phase(handle, "awaiting_approval")
+        await handle.signal(ServiceRollback.reject, Decision(approver="carol",
+                                                             slack=slack_proof("U0CAROL", "reject", handle)))
+        result = await handle.result()
+    assert result.phase.value == "rejected" and result.approvals.rejected_by.approver == "carol"
+    assert result.approvals.refused == []
 
 
 async def test_no_decision_times_out_having_changed_nothing(ts_env, aws, catalog):

@@ -60,6 +60,10 @@ async def test_failing_check_between_steps_pauses_and_never_flips_back(ts_env, a
         s = await wait_phase(handle, "paused", timeout=60)
         assert weights(aws) == {"blue": 50, "green": 50}
         assert "error_rate" in s.approvals.context and "held at 50%" in s.approvals.context
+        # the start's approval stays on record (before: the paused step's gate replaced it)
+        assert [(g.step, [r.approver for r in g.received], g.satisfied) for g in s.earlier_approvals] == [
+            ("Approval", ["dana"], True)]
+        assert s.approvals.step.startswith("Execute rollback (paused at 50%)"), s.approvals.step
         await handle.signal(ServiceRollback.reject, Decision(approver="dana", id_token=id_token("dana"),
                                                              reason="investigate first"))
         with pytest.raises(WorkflowFailureError) as excinfo:

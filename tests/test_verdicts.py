@@ -96,6 +96,12 @@ def test_business_metric_drop():
 
 # --- whole rollbacks ------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def freshly_deployed(aws_server):
+    """These verdicts are read against "the bad deploy the sandbox made just now": never a reused seed."""
+    aws_server.seeded_at = (-1, 0.0)
+
+
 def put(aws, dims: dict[str, str], values: list[float], newest_minutes_ago: float, metric: str = "ErrorRate",
         namespace: str = NAMESPACE, at: datetime | None = None) -> None:
     """One datapoint a minute, the last one ``newest_minutes_ago`` before ``at`` (now)."""
@@ -149,7 +155,7 @@ async def test_a_measured_baseline_drives_the_verdict(ts_env, aws, catalog, serv
         s = await status_of(handle)
     assert s.phase.value == outcome
     check = next(c for c in s.checks if c.name == "error_rate")
-    assert check.verdict == ("passed" if outcome == "succeeded" else "failed")
+    assert check.verdict == ("passed" if outcome == "succeeded" else "failed"), (check.detail, s.message)
     assert check.baseline == pytest.approx(1.1, abs=0.02) and check.limit == pytest.approx(1.6, abs=0.02)
     assert check.version == "v1.2.2" and check.samples == 5
     assert "before the v1.2.3 deploy" in check.baseline_source and "60 samples" in check.baseline_source
@@ -474,3 +480,27 @@ async def test_a_flag_rollback_on_the_dev_server_is_judged_by_the_bookings_it_af
         assert "at most 10% below baseline" in bookings.detail and "2 failing readings in a row" in bookings.detail
         assert [r.name for r in result.regressions] == ["bookings_per_minute"]
         assert steps["Validate rollback"] == "failed"
+
+
+async def test_a_monitoring_window_without_evidence_is_inconclusive_and_marks_nothing_good(ts_env, aws, catalog):
+    # Validation passed on v1.2.2's own data; then every monitoring read failed (the metrics went dark).
+    # Before: the rollback said "monitoring found no regression" and tagged v1.2.2 known-good on no evidence.
+    with_metrics(catalog, catalog.api, [metric_of(catalog)])
+    healthy_history(aws, catalog, 0.2)
+    put(aws, {"Service": catalog.suffix, "Version": "v1.2.2"}, noisy(0.2, 5), newest_minutes_ago=0.5)
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        handle = await ts_env.client.start_workflow(ServiceRollback.run, req(catalog.api), id=new_id(),
+                                                    task_queue=worker.task_queue)
+        await wait_phase(handle, "monitoring", timeout=60)
+        aws.faults.inject("GetMetricData", *["denied"] * 500)
+        result = await handle.result()
+    aws.faults.clear()
+    assert result.phase.value == "succeeded", result.message  # the change itself was verified by validation
+    assert "no regression" not in result.message
+    assert "monitoring was INCONCLUSIVE (no evidence for error_rate)" in result.message
+    monitor = next(st for st in result.steps if st.name == "Monitor post-rollback")
+    assert "INCONCLUSIVE: no evidence for error_rate" in monitor.detail
+    td = aws.client("ecs").describe_task_definition(taskDefinition="api-service:42")["taskDefinition"]
+    verdict = {t["key"]: t["value"] for t in aws.client("ecs").list_tags_for_resource(
+        resourceArn=td["taskDefinitionArn"])["tags"]}.get("rollback-verdict", "")
+    assert not verdict.startswith("good "), verdict  # restored, not known-good

@@ -15,7 +15,6 @@ screenshot of the page is saved in the test's tmp_path (its path is in the error
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from activities.temporal_locks import lock_id
 from common.temporal import KIND, PHASE, SEVERITY, TARGET
 from tests.conftest import binary, id_token, in_process_worker
 from tests.helpers import new_id, running_revision
+from tests.support.web_ui import screenshot_on_failure, send_signal, start_from_form
 
 CHROMIUM = os.environ.get("ROLLBACK_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -116,100 +116,69 @@ async def test_on_call_engineer_rolls_back_from_the_web_ui(chromium, ui_env, aws
         page.set_default_timeout(STEP_MS)
         expect.set_options(timeout=STEP_MS)
         try:
-            # 1. Start Workflow, from the workflows list as the engineer does
-            await page.goto(f"{base}/namespaces/default/workflows", wait_until="load")
-            await page.get_by_role("link", name=re.compile("start workflow", re.I)).first.click()
-            await page.get_by_test_id("workflowId").fill(wf_id)
-            await page.get_by_test_id("taskQueue").fill(worker.task_queue)
-            await page.get_by_test_id("workflowType").fill("ServiceRollback")
-            await page.locator(".cm-content").first.click()
-            await page.keyboard.insert_text(json.dumps(payload))  # no key events: no auto-closed brackets
-            await page.get_by_test_id("start-workflow").click()  # elsewhere: the editor reformats, the button moves
-            await page.get_by_test_id("start-workflow-button").click()
-            started = page.get_by_role("link", name=re.compile("workflow started successfully", re.I))
-            await started.click()
-            await page.wait_for_url(re.compile(f"/workflows/{re.escape(wf_id)}/"), wait_until="load")
+            async with screenshot_on_failure(page, tmp_path):
+                # 1. Start Workflow, from the workflows list as the engineer does
+                await start_from_form(page, base, wf_id, worker.task_queue, "ServiceRollback", payload)
 
-            # 2. Queries tab: `status` says the rollback waits for the on-call engineer
-            await page.get_by_test_id("queries-tab").click()
-            await page.get_by_test_id("query-select-button").click()
-            await page.get_by_role("option", name="status", exact=True).click()
-            await expect(page.get_by_test_id("query-select")).to_have_value("status")
-            await page.get_by_role("button", name="Run Query").click()
-            result = page.get_by_test_id("query-result")
-            waiting = re.compile(r'"phase":\s*"awaiting_approval"')
-            for _ in range(20):  # a first query may come before the approval step opens
-                try:
-                    await expect(result).to_contain_text(waiting, timeout=1_000)
-                    break
-                except AssertionError:
+                # 2. Queries tab: `status` says the rollback waits for the on-call engineer
+                await page.get_by_test_id("queries-tab").click()
+                await page.get_by_test_id("query-select-button").click()
+                await page.get_by_role("option", name="status", exact=True).click()
+                await expect(page.get_by_test_id("query-select")).to_have_value("status")
+                await page.get_by_role("button", name="Run Query").click()
+                result = page.get_by_test_id("query-result")
+                waiting = re.compile(r'"phase":\s*"awaiting_approval"')
+                for _ in range(20):  # a first query may come before the approval step opens
+                    try:
+                        await expect(result).to_contain_text(waiting, timeout=1_000)
+                        break
+                    except AssertionError:
+                        await page.get_by_role("button", name="Refresh Query").click()
+                await expect(result).to_contain_text(waiting)
+                await expect(result).to_contain_text(re.compile(r'"eligible":\s*\[\s*"dana"'))
+
+                # 3. More Actions -> Send a Signal: approve {"approver": "dana"}: a typed name, refused ...
+                await send_signal(page, "approve", {"approver": "dana"})
+                refused = re.compile(r'"reason":\s*"identity not proven: no proof was sent')
+                for _ in range(20):
                     await page.get_by_role("button", name="Refresh Query").click()
-            await expect(result).to_contain_text(waiting)
-            await expect(result).to_contain_text(re.compile(r'"eligible":\s*\[\s*"dana"'))
+                    try:
+                        await expect(result).to_contain_text(refused, timeout=1_000)
+                        break
+                    except AssertionError:
+                        pass
+                await expect(result).to_contain_text(refused)
+                await expect(result).to_contain_text(waiting)
+                assert running_revision(aws) == (43, "v1.2.3")
+                # ... and with the ID token that proves it is dana (what 'starter.py login dana' stores), from a
+                # fresh page as a person would (a second signal from one page can leave UI 2.54's dialog spinning)
+                await page.reload(wait_until="load")
+                await send_signal(page, "approve", {"approver": "dana", "id_token": id_token("dana")})
 
-            # 3. More Actions -> Send a Signal: approve {"approver": "dana"}: a typed name, refused ...
-            async def send_signal(name: str, body: dict) -> None:
-                await page.get_by_role("button", name=re.compile("more actions", re.I)).click()
-                await page.locator("[data-testid=signal-button]:visible").click()
-                modal = page.locator("[data-testid=signal-confirmation-modal]:visible")
-                await modal.locator("[data-testid=signal-select-button]:visible").click()
-                await modal.get_by_role("option", name=name, exact=True).click()
-                editor = modal.locator(".cm-content")
-                await editor.click()
-                await page.keyboard.insert_text(json.dumps(body))
-                await editor.blur()  # let the editor commit and reformat before submitting
-                await modal.get_by_test_id("confirm-modal-button").click()
-                await expect(modal).to_be_hidden()
+                # 4. The rollback runs to its end: the page (auto-refreshing) says Completed
+                await expect(page.get_by_test_id("execution-status").first).to_have_text(
+                    re.compile("completed", re.I), timeout=40_000)
+                await page.get_by_test_id("query-select-button").click()  # the page was reloaded: choose it again
+                await page.get_by_role("option", name="status", exact=True).click()
+                await page.get_by_role("button", name="Run Query").click()
+                await expect(result).to_contain_text(re.compile(r'"phase":\s*"succeeded"'))
 
-            await send_signal("approve", {"approver": "dana"})
-            refused = re.compile(r'"reason":\s*"identity not proven: no proof was sent')
-            for _ in range(20):
-                await page.get_by_role("button", name="Refresh Query").click()
-                try:
-                    await expect(result).to_contain_text(refused, timeout=1_000)
-                    break
-                except AssertionError:
-                    pass
-            await expect(result).to_contain_text(refused)
-            await expect(result).to_contain_text(waiting)
-            assert running_revision(aws) == (43, "v1.2.3")
-            # ... and with the ID token that proves it is dana (what 'starter.py login dana' stores), from a
-            # fresh page as a person would (a second signal from one page can leave UI 2.54's dialog spinning)
-            await page.reload(wait_until="load")
-            await send_signal("approve", {"approver": "dana", "id_token": id_token("dana")})
-
-            # 4. The rollback runs to its end: the page (auto-refreshing) says Completed
-            await expect(page.get_by_test_id("execution-status").first).to_have_text(
-                re.compile("completed", re.I), timeout=40_000)
-            await page.get_by_test_id("query-select-button").click()  # the page was reloaded: choose it again
-            await page.get_by_role("option", name="status", exact=True).click()
-            await page.get_by_role("button", name="Run Query").click()
-            await expect(result).to_contain_text(re.compile(r'"phase":\s*"succeeded"'))
-
-            # 5. The list page filtered by the search attribute the workflow keeps current
-            query = f'{PHASE.name}="succeeded"'
-            url = f"{base}/namespaces/default/workflows?query={quote(query)}"
-            row = page.get_by_role("link", name=wf_id, exact=True)
-            for _ in range(10):  # visibility is eventually consistent
-                await page.goto(url, wait_until="load")
-                try:
-                    await expect(row).to_be_visible(timeout=2_000)
-                    break
-                except AssertionError:
-                    pass
-            await expect(row).to_be_visible()
-            await expect(page.get_by_role("link", name=lock, exact=True)).to_have_count(0)
-            # ... which really filters: unfiltered, the list also has the rollback's lock workflow
-            await page.goto(f"{base}/namespaces/default/workflows", wait_until="load")
-            await expect(page.get_by_role("link", name=lock, exact=True)).to_be_visible()
-        except BaseException as e:
-            shot = tmp_path / "web-ui-failure.png"
-            try:
-                await page.screenshot(path=str(shot), full_page=True)
-                e.add_note(f"screenshot of the page at {page.url}: {shot}")
-            except Exception as shot_error:  # the browser may be what failed
-                e.add_note(f"no screenshot: {shot_error}")
-            raise
+                # 5. The list page filtered by the search attribute the workflow keeps current
+                query = f'{PHASE.name}="succeeded"'
+                url = f"{base}/namespaces/default/workflows?query={quote(query)}"
+                row = page.get_by_role("link", name=wf_id, exact=True)
+                for _ in range(10):  # visibility is eventually consistent
+                    await page.goto(url, wait_until="load")
+                    try:
+                        await expect(row).to_be_visible(timeout=2_000)
+                        break
+                    except AssertionError:
+                        pass
+                await expect(row).to_be_visible()
+                await expect(page.get_by_role("link", name=lock, exact=True)).to_have_count(0)
+                # ... which really filters: unfiltered, the list also has the rollback's lock workflow
+                await page.goto(f"{base}/namespaces/default/workflows", wait_until="load")
+                await expect(page.get_by_role("link", name=lock, exact=True)).to_be_visible()
         finally:
             await browser.close()
 

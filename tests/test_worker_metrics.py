@@ -65,3 +65,51 @@ async def test_rollback_metrics_are_exported_and_the_dashboard_queries_only_them
     assert exprs, "the dashboard has no queries"
     used = {m for e in exprs for m in re.findall(r"\b((?:rollback|temporal)_[a-z_]+)\b", e)}
     assert used and used <= set(names), f"queried but not exported: {used - set(names)}"
+
+
+def outside_address() -> str | None:
+    """This machine's address on its default route (not loopback), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))  # UDP: nothing is sent, the kernel only picks the source address
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def listening_on(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on at ``port`` (Linux /proc/net/tcp: state 0A is LISTEN)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        ip, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(ip)[::-1]))
+    return found
+
+
+async def test_the_metrics_endpoint_listens_on_loopback_unless_told(ts_env, monkeypatch):
+    """Issue 14: /metrics bound 0.0.0.0 while everything else binds 127.0.0.1; ROLLBACK_METRICS_HOST opens it."""
+    from common.temporal import connect
+
+    outside = outside_address()
+    monkeypatch.setenv("TEMPORAL_ADDRESS", ts_env.client.service_client.config.target_host)
+    monkeypatch.delenv("ROLLBACK_METRICS_HOST", raising=False)
+    port = free_port()
+    await connect(Settings(), metrics_port=port)
+    assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 200
+    assert listening_on(port) == {"127.0.0.1"}
+    if outside:  # not reachable from another machine
+        try:
+            httpx.get(f"http://{outside}:{port}/metrics", timeout=5, trust_env=False)
+            raise AssertionError(f"/metrics answered on {outside}:{port}")
+        except httpx.ConnectError:
+            pass
+
+    monkeypatch.setenv("ROLLBACK_METRICS_HOST", "0.0.0.0")  # e.g. compose, where Prometheus scrapes from elsewhere
+    port = free_port()
+    await connect(Settings(), metrics_port=port)
+    assert listening_on(port) == {"0.0.0.0"}
+    if outside:
+        assert httpx.get(f"http://{outside}:{port}/metrics", timeout=10, trust_env=False).status_code == 200

@@ -91,7 +91,8 @@ class AutoRollbackCheck:
                     ": what serves is a mix of versions, so it is not judged now"
                 return result
             value: MetricValue = await call(CloudWatchActivities.read_metric, MetricRead(
-                query=query, version=version, window_minutes=policy.metric_window_minutes), options=QUICK)
+                query=query, version=version, window_minutes=policy.metric_window_minutes,
+                prometheus=catalog.prometheus), options=QUICK)
             if value.value is None:
                 result.detail = f"no {query.name} data for {version} in the last {policy.metric_window_minutes:g} min"
                 return result

@@ -8,6 +8,7 @@ A procedure subclasses ``RollbackWorkflow``, lists its runbook steps, and implem
 from __future__ import annotations
 
 import asyncio
+import math
 from datetime import timedelta
 from typing import Awaitable, Callable
 
@@ -21,13 +22,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import Notification, NotifyActivities
     from activities.temporal_locks import LockActivities, LockHolder, LockRequest, LocksRequest, LocksResult
     from common.catalog import Catalog, UnknownTarget
+    from common.catalog_scope import CatalogScope
     from common.identity import (
         Action, ProofCheck, ProofRecord, SeverityChange, SlackCallback, Verified, Vouch, lowers_the_bar,
         request_digest,
     )
     from common.models import (
         FINAL_PHASES, ActionResult, Approvals, CheckResult, Decision, DecisionOutcome, DecisionRequest, Escalation,
-        Evidence, Phase, Refusal, RollbackRequest, RollbackStatus,
+        Evidence, MonitoringProgress, Phase, Refusal, RollbackRequest, RollbackStatus,
     )
     from common.policy import ROLE_LABEL
     from common.temporal import KIND, PHASE, SEVERITY, TARGET
@@ -35,7 +37,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.changes import Ledger
     from workflows.checklist import evaluate as evaluate_checklist
     from workflows.gate import ApprovalGate, ExtraRequirement, severity_approvers
-    from workflows.options import BATCH, NOTIFY, VERIFY, call
+    from workflows.fast_path import FAST_PATH
+    from workflows.options import BATCH, NOTIFY, VERIFY, call, read
     from workflows.pages import Pager
     from workflows.report import render_report, render_summary
     from workflows.timeline import Refused, StepFailed, Timeline, innermost_message as _innermost
@@ -49,6 +52,15 @@ NEVER_WORSE = "never-worse"
 # Decisions and requester privileges count only with a verified proof (common/identity.py). Runs
 # recorded before this replay as they ran: names counted as typed.
 IDENTITY_PATCH = "identity-proofs"
+# No evidence, no pass: a monitoring window in which a required check never had data does not mark
+# the restored version known-good nor say "no regression".
+MONITOR_EVIDENCE = "monitor-evidence"
+# A rejection without a reason (the Web UI's or temporal's signal, not only starter.py) is refused and
+# recorded, so whoever comes next learns why a rollback was stopped. Slack's Reject button carries no text
+# (its thread in #incidents does): a signed click still counts.
+REJECT_NEEDS_REASON = "reject-needs-reason"
+NO_REJECT_REASON = ('a rejection needs a reason: say why, so the next person knows ("reason" in the signal, '
+                    'or starter.py reject --reason)')
 MAX_REFUSALS = 100  # outsiders can send any number of forged decisions: the status keeps the latest
 
 
@@ -92,6 +104,9 @@ class RollbackWorkflow:
         self._tickets, self._turn = 0, 0
         self._finished: set[int] = set()
         self._ending = False
+        self.unverified: list[str] = []  # required checks with no evidence in the whole monitoring window
+        self._fast = False  # workflows/fast_path.py; False when replaying a run from before it
+        self._announcing: asyncio.Task[bool] | None = None
 
     @property
     def s(self) -> RollbackStatus:
@@ -201,7 +216,7 @@ class RollbackWorkflow:
                            id_token=id_token, slack=slack, automation_token=automation_token, kind=kind,
                            target=target, request_digest=digest)
         try:
-            return await call(IdentityActivities.verify_identity, check, options=VERIFY)
+            return await (read if self._fast else call)(IdentityActivities.verify_identity, check, options=VERIFY)
         except FailureError as e:
             if is_cancelled_exception(e):
                 raise
@@ -232,13 +247,17 @@ class RollbackWorkflow:
                         "privilege and waits for proven approvals")
         self._publish()
 
-    async def vouched(self, request: RollbackRequest, kind: str, target: str) -> RollbackRequest:
-        """A child rollback's request, signed by the worker for this rollback's proven requester."""
-        if not self._uses_proofs() or self._requester is None or self._requester.kind == "unverified":
+    async def vouched(self, request: RollbackRequest, kind: str, target: str,
+                      approved_by: list[str] | None = None) -> RollbackRequest:
+        """A child rollback's request, signed by the worker for this rollback's proven requester and,
+        with ``approved_by``, for the approval this rollback received (the child then asks no one)."""
+        proven = self._requester is not None and self._requester.kind != "unverified"
+        if not self._uses_proofs() or not (proven or approved_by):
             return request
         token = await call(IdentityActivities.vouch, Vouch(
             requested_by=request.requested_by, kind=kind, target=target, digest=request_digest(request),
-            via=f"{self.kind} rollback {workflow.info().workflow_id}", proof=self._requester))
+            via=f"{self.kind} rollback {workflow.info().workflow_id}", proof=self._requester if proven else None,
+            approved_by=approved_by or []))
         return request.model_copy(update={"automation_token": token}) if token else request
 
     def _refused(self, who: str, action: str, reason: str) -> tuple[bool, str]:
@@ -276,6 +295,9 @@ class RollbackWorkflow:
                 return self._refused(d.approver, what, reason)
             self.s.approvals.refused.append(Refusal(approver=d.approver, at=workflow.now(), reason=reason))
             return False, reason
+        if (what == "reject" and d.slack is None and not (d.reason or d.comment).strip()
+                and workflow.patched(REJECT_NEEDS_REASON)):
+            return self._refused(d.approver, what, NO_REJECT_REASON)
         counted, message = (self.gate.approve if what == "approve" else self.gate.reject)(d, workflow.now(), proof)
         how = f" [{proof.describe()}]" if proof is not None else ""
         self._event(message + how if counted else f"{what} by {d.approver} refused: {message}")
@@ -330,6 +352,7 @@ class RollbackWorkflow:
     async def conduct(self, request: RollbackRequest, target: str, steps: list[str],
                       execute: Callable[[], Awaitable[None]]) -> RollbackStatus:
         never_worse = workflow.patched(NEVER_WORSE)  # before the first command
+        self._fast = workflow.patched(FAST_PATH)
         info = workflow.info()
         self._uses_proofs()  # decided once, at the start (replay: runs recorded before proofs stay as they were)
         self._status = RollbackStatus(
@@ -354,7 +377,10 @@ class RollbackWorkflow:
             self.add_evidence(ev)
         self.s.evidence_received += self._early_evidence_count - len(self._early_evidence)
         try:
-            self.catalog = await call(CatalogActivities.load_catalog)
+            if self._fast:
+                self.catalog = await read(CatalogActivities.catalog_for, self.catalog_scope(request, target))
+            else:
+                self.catalog = await call(CatalogActivities.load_catalog)
             await self._prove_requester(request)
             if self.ledger is None and not request.dry_run:  # a run from before begin(): as it ran then
                 if not await self._acquire_lock(target):
@@ -378,7 +404,9 @@ class RollbackWorkflow:
                 raise asyncio.CancelledError("cancel requested") from None
             self.s.message = self._failure_message(e)
             await self._wrap_up(Phase.failed)
-            raise ApplicationError(self.s.message, type=type(e).__name__, non_retryable=True) from None
+            # a release rollback's component hands its whole status to the release (its report)
+            details = [bounds.fit(self.s).model_dump(mode="json")] if self.part_of else []
+            raise ApplicationError(self.s.message, *details, type=type(e).__name__, non_retryable=True) from None
         finally:
             await self._release_lock()
 
@@ -403,10 +431,30 @@ class RollbackWorkflow:
         self._lock_ids = result.lock_ids
         self.s.extra["locked"] = resources
         self._begun = True
-        await self._announce_start()
+        if self._fast:  # alongside the work; approval requests and the outcome wait for it
+            self._announcing = asyncio.create_task(self._announce_start())
+        else:
+            await self._announce_start()
 
-    async def _announce_start(self) -> None:
-        await self._act("post start to #incidents", self._post_incidents(
+    def catalog_scope(self, request: RollbackRequest, target: str) -> CatalogScope:
+        """The catalog names this rollback acts on (a fleet overrides it)."""
+        return CatalogScope(kind=self.kind, names=[target])
+
+    async def _announced(self) -> None:
+        """The start announcement, when it runs alongside the work: wait for it to be posted."""
+        if self._announcing is not None:
+            task, self._announcing = self._announcing, None
+            await task
+
+    @property
+    def part_of(self) -> str:
+        """The release rollback this one is a component of ('' if none): it announces and acts once for all."""
+        return str(workflow.memo_value("part_of", ""))
+
+    async def _announce_start(self) -> bool:
+        if self.part_of:
+            return False  # the release rollback announced it
+        return await self._act("post start to #incidents", self._post_incidents(
             f"ROLLBACK STARTED: {self.kind} {self.s.target} ({self.s.severity}) by {self.s.requested_by}: "
             f"{self.s.reason}. Workflow: {self.s.workflow_id}"))
 
@@ -457,18 +505,29 @@ class RollbackWorkflow:
             now = workflow.now()
             report.state, report.started_at, report.ended_at = report.state.succeeded, now, now
         self.s.checklist = evaluate_checklist(self.s)
-        self.s.report = bounds.report(render_report(self.s))
+        self.s.report = bounds.report(self.render_report())
         announced = self.ledger is None or self._begun  # a request that never resolved announces nothing
+        try:
+            await self._announced()
+        except asyncio.CancelledError:
+            pass  # a cancel interrupted the announcement: the outcome below says what happened
         if not self.s.dry_run and announced:
             await self._post_rollback_actions(phase)
-            self.s.report = bounds.report(render_report(self.s))  # now with the actions' outcomes
+            self.s.report = bounds.report(self.render_report())  # now with the actions' outcomes
         self._publish()
         await workflow.wait_condition(workflow.all_handlers_finished)  # every decision answered and recorded
         return self.s
 
+    def render_report(self) -> str:
+        """The final report (Markdown); a release rollback adds each component's timeline."""
+        return render_report(self.s)
+
     async def _post_rollback_actions(self, phase: Phase) -> None:
         """Runbook "Post-Rollback Actions", Immediate: #incidents, status page, incident ticket.
         Each is retried, then recorded as failed; none can fail or block the rollback."""
+        if self.part_of:
+            self._record_action("post-rollback actions", "skipped", f"done once for the release by {self.part_of}")
+            return
         title = f"{self.kind} rollback of {self.s.target}: {phase.value}"
         steps = "\n".join(f"- {st.name}: {st.state.value}" + (f" ({st.detail})" if st.detail else "")
                           for st in self.s.steps)
@@ -555,17 +614,22 @@ class RollbackWorkflow:
                        waiting_phase: Phase = Phase.awaiting_approval) -> None:
         """Wait for the approvals the policy (plus ``extra``) requires. Raises GateClosed."""
         assert self.catalog is not None and self.timeline is not None
+        if self.gate is not None:  # a later gate (a paused step): the earlier decisions stay on record
+            self.s.earlier_approvals.append(self.s.approvals.model_copy(update={"refused": []}))
         self.gate = ApprovalGate(policy=self.catalog.policy, people=self.catalog.people,
                                  requester=self.s.requested_by, severity=self.s.severity,
                                  extra=extra or [], context=context,
                                  view=Approvals(refused=list(self.s.approvals.refused)),
                                  requester_proof=self._requester, auto_approve=auto_approve_requester)
         self.s.approvals = self.gate.view
+        self.s.approvals.step = step
         async with self.timeline.step(step) as st:
             self.gate.open = True
             if auto_approve_requester and self.gate.approve_at_start(workflow.now()):
                 how = f" [{self._requester.describe()}]" if self._requester else ""
-                self._event(f"{self.s.requested_by} is on call: approved at start per the decision matrix{how}")
+                self._event(f"approved once for {self._requester.via} by {', '.join(self.gate.vouched)}: nobody "
+                            "is asked again" if self.gate.vouched and self._requester else
+                            f"{self.s.requested_by} is on call: approved at start per the decision matrix{how}")
             for what, d, proven in self._early:
                 self._apply_decision(what, d, proven)
             self._early.clear()
@@ -573,6 +637,7 @@ class RollbackWorkflow:
                 self.set_phase(waiting_phase)
                 text = (f"{self.kind} rollback of {self.s.target} ({self.s.severity}) needs approval: "
                         f"{context}. Waiting for {self.gate.waiting_for()}. Workflow: {self.s.workflow_id}")
+                await self._announced()
                 await (self._ask(text) if self._uses_proofs() else self._notify(text))
             waited_from = workflow.now()
             outcome = "cancelled"
@@ -688,20 +753,47 @@ class RollbackWorkflow:
         self.set_phase(Phase.monitoring)
         end = workflow.now() + timedelta(minutes=minutes)
         rounds = unchecked = 0
+        progress = self.s.monitoring = MonitoringProgress(rounds=math.ceil(minutes / interval_minutes), ends_at=end)
+        required: dict[str, bool] = {}  # required check -> had a passing reading in this window
         while workflow.now() < end:
             left = (end - workflow.now()).total_seconds()
+            progress.next_check_at = workflow.now() + timedelta(seconds=min(left, interval_minutes * 60))
             await workflow.sleep(min(left, interval_minutes * 60))
             results = await check()
             rounds += 1
+            progress.round, progress.next_check_at = rounds, None
             self.s.checks = results
             await self.report_regressions([r for r in results if r.ok is False], "during monitoring")
             for r in (r for r in results if r.ok is None and not r.optional):
                 unchecked += 1
                 self._event(f"not checked during monitoring: {r.name}: {r.detail}")
+            for r in (r for r in results if not r.optional):
+                required[r.name] = required.get(r.name, False) or r.ok is True
             self._publish()
+        if workflow.patched(MONITOR_EVIDENCE):
+            self.unverified = [name for name, passed in required.items() if not passed]
+            if self.unverified and not self.s.regressions:
+                self._event("monitoring INCONCLUSIVE: no evidence in the whole window for "
+                            + ", ".join(self.unverified) + "; the restored version is not marked known-good")
+                return (f"{minutes:g} min, {rounds} round(s) of checks, INCONCLUSIVE: no evidence for "
+                        + ", ".join(self.unverified) + f" ({unchecked} inconclusive reading(s)): see events")
         return (f"{minutes:g} min, {rounds} round(s) of checks, "
                 + (f"{len(self.s.regressions)} regression(s)" if self.s.regressions else "no regression")
                 + (f", {unchecked} inconclusive check(s): see events" if unchecked else ""))
+
+    def monitoring_outcome(self) -> str:
+        """How the monitoring window ended, for the final message."""
+        if self.s.regressions:
+            return f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
+        if self.unverified:
+            return ("; monitoring was INCONCLUSIVE (no evidence for " + ", ".join(self.unverified)
+                    + "): the restored version is not marked known-good")
+        return "; monitoring found no regression"
+
+    @property
+    def monitored_good(self) -> bool:
+        """Monitoring passed on evidence: no regression, and every required check passed at least once."""
+        return not self.s.regressions and not self.unverified
 
     async def report_regressions(self, bad: list[CheckResult], when: str) -> None:
         """Loudly (status, events, #incidents); nothing is rolled forward or back: a human decides."""

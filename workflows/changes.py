@@ -62,6 +62,7 @@ CHANGES: dict[str, Callable[[Any], str]] = {
     "create_invalidation": lambda i: (f"cloudfront create-invalidation --distribution-id {i.distribution_id} "
                                       f"--paths {' '.join(i.paths)}"),
     "point_function_alias": _alias,
+    "point_function_aliases": lambda a: f"{len(a.targets)} x " + _listed([_alias(t) for t in a.targets], 3),
     "apply_stack_plan": lambda a: f"terraform apply rollback.plan (sha256 {a.sha256[:12]}) in {a.config_dir}",
     "write_flag": lambda w: f"write a new revision of flag {w.ref.key} (from revision {w.base_revision})",
     "deploy_flags": lambda d: f"deploy flag store revision {d.revision}",
@@ -74,6 +75,25 @@ CHANGES: dict[str, Callable[[Any], str]] = {
     "move_current": lambda m: (f"secretsmanager update-secret-version-stage --secret-id {m.secret_id} "
                                f"--version-stage AWSCURRENT --remove-from-version-id {m.from_version} "
                                f"--move-to-version-id {m.to_version}"),
+}
+
+
+def _listed(items: list[str], shown: int) -> str:
+    return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more like it" if len(items) > shown else "")
+
+
+def _each_outcome(results: list[Any]) -> tuple[str, str]:
+    """A batch change (one activity for a fleet): made if any item was, saying which failed."""
+    failed = [r for r in results if getattr(r, "error", None)]
+    if not failed:
+        return "made", ""
+    return ("failed" if len(failed) == len(results) else "made",
+            f"failed for {len(failed)} of {len(results)}: " + _listed([f.error for f in failed], 3))
+
+
+# activity name -> the state and detail a change reached, from its result, where one activity makes many
+OUTCOMES: dict[str, Callable[[Any], tuple[str, str]]] = {
+    "point_function_aliases": _each_outcome,
 }
 
 
@@ -148,5 +168,5 @@ async def make(fn_name: str, arg: Any, start: Callable[[], "asyncio.Future[Any]"
     except FailureError as e:
         change.state, change.detail = "failed", innermost_message(e)
         raise
-    change.state = "made"
+    change.state, change.detail = OUTCOMES[fn_name](result) if fn_name in OUTCOMES else ("made", "")
     return result

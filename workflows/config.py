@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import lock
     from workflows.affected import STEPS as AFFECTED, validate_affected
     from workflows.known_good import refuse_automation, remember
-    from workflows.base import RollbackWorkflow
+    from workflows.base import MONITOR_EVIDENCE, RollbackWorkflow
     from workflows.options import call
     from workflows.timeline import StepFailed, Timeline
 
@@ -182,7 +182,8 @@ class ConfigRollback(RollbackWorkflow):
         await validate_affected(self, f"configuration {req.target}", target.services, target.metrics,
                                 current.started_at, f"the deployment of version {current.version}",
                                 req.monitor_minutes)
-        await remember(self, (place(version), "good"))
+        if self.monitored_good or not workflow.patched(MONITOR_EVIDENCE):
+            await remember(self, (place(version), "good"))
         self.s.message = f"{r.where} rolled back from version {current.version} to {version}"
 
     async def _target_version(self, r: Resolved, history: History, current: Deployment) -> int:

@@ -24,7 +24,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.route53 import Cname, Route53Activities
     from activities.secrets import PointSecret, SecretsActivities
     from common.catalog import Database, Endpoints, IntegrityCheck
-    from common.models import CheckResult, DatabaseRollbackInput, Phase, RollbackStatus, ServiceRollbackInput
+    from common.models import (
+        CheckResult, DatabaseRollbackInput, Phase, RollbackStatus, ServiceRollbackInput, one_line,
+    )
     from workflows.base import RollbackWorkflow
     from workflows import lock
     from workflows.checks import endpoint_probes, http_checks
@@ -35,6 +37,8 @@ with workflow.unsafe.imports_passed_through():
 
 # migration / post_migration (runbook: "Safe Rollback (Additive Changes Only)", "Post-Migration Rollback")
 APP = "Rollback application first"
+# The child service rollback gets the Web UI's one-line Summary; runs from before replay without it.
+WEB_UI_SUMMARY = "web-ui-summary"
 PLAN = "Check migrations are safe to roll back"
 APPROVAL = "Approval"
 MIGRATE = "Rollback migration"
@@ -45,6 +49,7 @@ IDENTIFY = "Identify snapshot"
 RESTORE = "Create new instance from snapshot"
 WAIT = "Wait for instance to be available"
 INTEGRITY = "Validate data integrity"
+INTEGRITY_NOT_CONFIGURED = "integrity-not-configured"  # skipped, not "succeeded", when no check is listed
 CUTOVER = "Update application to use rollback instance"
 SMOKE = "Smoke checks"
 
@@ -182,9 +187,14 @@ class DatabaseRollback(RollbackWorkflow):
                                          severity=self.s.severity, requested_by=self.s.requested_by,
                                          reason=f"post-migration rollback of {self.request.database}: {self.s.reason}",
                                          monitor_minutes=self.request.monitor_minutes)
+            request = await self.vouched(child, "service", db.app_service)
+            summary = {}  # the Web UI's Summary line (runs started before it replay without)
+            if workflow.patched(WEB_UI_SUMMARY):
+                summary["static_summary"] = one_line("service", db.app_service, None, child.to_version,
+                                                     child.severity, child.requested_by)
             result: RollbackStatus = await workflow.execute_child_workflow(
-                ServiceRollback.run, await self.vouched(child, "service", db.app_service),
-                id=child_id, parent_close_policy=ParentClosePolicy.REQUEST_CANCEL)
+                ServiceRollback.run, request, id=child_id, parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+                **summary)
             if result.phase != Phase.succeeded:
                 raise StepFailed(f"application rollback ended {result.phase.value}: {result.message}")
             st.detail = f"{db.app_service} rolled back to {result.to_version} ({child_id})"
@@ -248,8 +258,12 @@ class DatabaseRollback(RollbackWorkflow):
             restored = await self._wait_available(new_id)
             st.detail = f"{new_id} available at {restored.host}:{restored.port}"
         self.set_phase(Phase.validating)
-        async with tl.step(INTEGRITY) as st:
-            st.detail = await self._integrity(db, restored, snap.created)
+        if not db.integrity_checks and workflow.patched(INTEGRITY_NOT_CONFIGURED):
+            tl.skip(INTEGRITY, "not configured: the catalog lists no integrity_checks for this database, "
+                               "so no check ran")
+        else:
+            async with tl.step(INTEGRITY) as st:
+                st.detail = await self._integrity(db, restored, snap.created)
         self.set_phase(Phase.rolling_back)
         async with tl.step(CUTOVER) as st:
             st.detail = await self._cutover(db, restored)

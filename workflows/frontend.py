@@ -15,7 +15,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.cloudfront import CloudFrontActivities, InvalidationRef, InvalidationRequest
     from activities.http_checks import HttpProbe
-    from activities.s3 import Applied, ObjectRef, Plan, S3Activities, SyncRequest, VersionRequest
+    from activities.s3 import Applied, Live, LiveRequest, ObjectRef, Plan, S3Activities, SyncRequest, VersionRequest
     from common.catalog import Site
     from common.models import CheckResult, FrontendRollbackInput, Phase, RollbackStatus
     from workflows.base import RollbackWorkflow
@@ -33,6 +33,7 @@ INVALIDATE = "Invalidate CloudFront cache"
 WAIT = "Wait for invalidation"
 VERIFY = "Verify"
 MONITOR = "Monitor post-rollback"
+FROM_VERSION = "frontend-from-version"  # the plan reads which release is live (status: "v1.2.3 -> v1.2.2")
 PATHS = ["/*"]  # a rollback changes many objects at once: the runbook invalidates everything
 
 
@@ -60,6 +61,11 @@ class FrontendRollback(RollbackWorkflow):
             raise StepFailed(f"site {req.site!r} has no versions_bucket in the catalog; use strategy object_versions")
 
         async with tl.step(PLAN) as st:
+            if workflow.patched(FROM_VERSION):
+                live: Live = await call(S3Activities.live_release, LiveRequest(bucket=site.bucket,
+                                                                               versions_bucket=site.versions_bucket))
+                self.s.from_version = live.release or (
+                    f"live as of {live.last_modified:%Y-%m-%d %H:%M:%S} UTC" if live.last_modified else "empty bucket")
             if sync:
                 job: SyncRequest | VersionRequest = SyncRequest(
                     source_bucket=site.versions_bucket or "", source_prefix=f"{req.to_release}/", bucket=site.bucket)

@@ -81,6 +81,13 @@ class ApprovalGate:
         """The requester is automation the policy lets proceed (runbook: Automation), proven as such."""
         return self.requester in self.policy.automation_may_proceed and self._proven("automation")
 
+    @property
+    def vouched(self) -> list[str]:
+        """A parent rollback's approval, signed by the worker for exactly this request (a release
+        rollback's component): it satisfies this gate; a paused step still asks."""
+        proof = self.requester_proof
+        return list(proof.approved_by) if self.auto_approve and proof is not None and proof.via else []
+
     def _proven(self, *kinds: str) -> bool:
         proof = self.requester_proof
         return proof is not None and proof.kind in (*kinds, "unverified")
@@ -92,6 +99,8 @@ class ApprovalGate:
     def _requirements(self) -> list[tuple[str, int, frozenset[str]]]:
         rule = self.policy.rule(self.severity)
         reqs = []
+        if self.vouched:
+            return []
         if self.automation:
             return [(extra.label or ROLE_LABEL[extra.role], extra.count,
                      frozenset(set(getattr(self.people, extra.role)) - {self.requester})) for extra in self.extra]
@@ -189,7 +198,15 @@ class ApprovalGate:
 
     def approve_at_start(self, at: datetime) -> bool:
         """SEV-2+: a rollback requested by the on-call engineer is approved at start; so is one
-        requested by automation the policy lets proceed. Both only when the requester is proven."""
+        requested by automation the policy lets proceed. Both only when the requester is proven.
+        A component of a release rollback is approved by the release's one approval."""
+        if self.vouched:
+            if not self.view.received:
+                via = self.requester_proof.via if self.requester_proof else ""
+                self.view.received += [ApprovalRecord(approver=who, at=at, proof=self.requester_proof,
+                                                      note=f"approved once for {via}") for who in self.vouched]
+                self._recompute()
+            return True
         if self.automation:
             if not any(r.approver == self.requester for r in self.view.received):
                 self.view.received.append(ApprovalRecord(
@@ -213,8 +230,7 @@ class ApprovalGate:
         return sorted({p for _, _, elig in self._requirements() for p in elig})
 
     def waiting_for(self) -> str:
-        parts = [f"{r.count - len(r.met_by)} {r.label} of {', '.join(r.eligible) or 'nobody listed'}"
-                 for r in self.view.required if len(r.met_by) < r.count]
+        parts = [r.missing() for r in self.view.required if len(r.met_by) < r.count]
         return "; ".join(parts) or "nothing"
 
     # --- waiting (workflow code) -----------------------------------------------------

@@ -48,6 +48,13 @@ BATCH: dict[str, Any] = dict(
     heartbeat_timeout=timedelta(seconds=30),
     retry_policy=RETRY,
 )
+# A check over a whole fleet (every alias read in one activity): a result soon, as QUICK, with heartbeats.
+BATCH_CHECK: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    schedule_to_close_timeout=timedelta(minutes=4),
+    heartbeat_timeout=timedelta(seconds=30),
+    retry_policy=RETRY,
+)
 # A notification: tried a few times, then recorded as failed; never blocks a rollback.
 NOTIFY: dict[str, Any] = dict(
     start_to_close_timeout=timedelta(seconds=20),
@@ -82,6 +89,30 @@ async def call(fn: Callable[..., Any], arg: Any = None, *, options: dict[str, An
         if fn.__name__ in changes.CHANGES:
             return await changes.make(fn.__name__, arg, start)
         return await start()
+    except FailureError as e:
+        converted = changes.cancelled(e)
+        if converted is e:
+            raise
+        raise converted from e
+
+
+# A short read the next step waits for (the catalog entry, what ECS runs, a proof): a local activity,
+# run by the worker running the workflow, so no task-queue round trip and no extra workflow task.
+LOCAL: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(minutes=10),
+    retry_policy=RETRY,
+)
+
+
+async def read(fn: Callable[..., Any], arg: Any = None, *, options: dict[str, Any] | None = None) -> Any:
+    """Run a read-only activity (never a change) as a local activity, with ``LOCAL`` options."""
+    opts = options or LOCAL
+    args = [] if arg is None else [arg]
+    try:
+        if "." in fn.__qualname__:
+            return await workflow.execute_local_activity_method(fn, args=args, **opts)
+        return await workflow.execute_local_activity(fn, args=args, **opts)
     except FailureError as e:
         converted = changes.cancelled(e)
         if converted is e:

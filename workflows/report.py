@@ -3,7 +3,7 @@ details) and the final report with the whole timeline. Pure functions."""
 
 from __future__ import annotations
 
-from common.models import RollbackStatus
+from common.models import RollbackStatus, one_line
 
 ICON = {"pending": "·", "running": "▶", "succeeded": "✔", "failed": "✘", "skipped": "↷", "cancelled": "■"}
 
@@ -20,8 +20,11 @@ def _requester(s: RollbackStatus) -> str:
 
 
 def render_summary(s: RollbackStatus) -> str:
+    """The Web UI's current details: the one-line summary and phase first, then what a person
+    needs on one screen (approvals, refused decisions, steps, failed checks)."""
     lines = [
-        f"## {s.kind} rollback: {s.target} — **{s.phase.value}**",
+        f"**{one_line(s.kind, s.target, s.from_version, s.to_version, s.severity, s.requested_by)}** "
+        f"— **{s.phase.value}**",
         f"{s.severity} · requested by {_requester(s)} · {s.reason}",
     ]
     if not s.verified:
@@ -32,8 +35,14 @@ def render_summary(s: RollbackStatus) -> str:
     if a.required:
         need = "; ".join(f"{r.label}: {len(r.met_by)}/{r.count}" for r in a.required)
         lines.append(f"approvals: {need}" + (f" · eligible now: {', '.join(a.eligible)}" if a.eligible and not a.satisfied else ""))
+    lines += [f"**refused**: {r.action or 'decision'} by {r.approver} at {_t(r.at)}: {r.reason}"
+              for r in a.refused[-3:]]  # the latest: a refusal shows where people look
     lines.append("")
     lines += [f"- {ICON[st.state.value]} {st.name}" + (f": {st.detail}" if st.detail else "") for st in s.steps]
+    if s.components:
+        lines += ["", "| component | phase | from | to |", "|---|---|---|---|"]
+        lines += [f"| {c.kind} {c.name} | {c.phase} | {c.from_version or ''} | {c.to_version or ''} |"
+                  for c in s.components]
     bad = [c for c in s.checks if c.ok is False]
     if bad:
         lines.append("")
@@ -70,6 +79,11 @@ def render_report(s: RollbackStatus) -> str:
               for st in s.steps]
     if s.plan:
         lines += ["", "## Plan", ""] + [f"- {p}" for p in s.plan]
+    if s.components:
+        lines += ["", "## Components", "", "| component | phase | from | to | workflow | outcome |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {c.kind} {c.name} | {c.phase} | {c.from_version or ''} | {c.to_version or ''} | "
+                  f"{c.workflow_id} | {c.message} |" for c in s.components]
     if s.checks:
         lines += ["", "## Latest checks", ""] + [
             f"- {'passed' if c.ok else 'not checked' if c.ok is None else 'FAILED'}: {c.name}: {c.detail}"

@@ -8,7 +8,7 @@ from pydantic import ValidationError
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ecs import Deployed, DeployRequest, EcsActivities, Revision
+    from activities.ecs import Deployed, DeployRequest, EcsActivities, Identified, Revision, VersionQuery
     from activities.elbv2 import Elbv2Activities, Weights
     from activities.known_good import Place, choose, describe
     from common.catalog import BlueGreenSide, EcsRef, Service, Stage
@@ -17,7 +17,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows import lock
     from workflows.checks import endpoint_probes, http_checks, live_ecs, metric_checks, serving_version, service_checks
     from workflows.known_good import refuse_automation, remember
-    from workflows.options import call
+    from workflows.fast_path import FAST_PATH
+    from workflows.options import call, read
     from workflows.timeline import StepFailed
     from workflows.verdicts import EVIDENCE, PATCH, Verdicts, awaiting_evidence, baseline_ref, blocking, summary
 
@@ -58,8 +59,14 @@ class ServiceRollback(RollbackWorkflow):
 
         async with self.timeline.step(IDENTIFY) as st:
             ecs = svc.ecs if svc.blue_green is None else await self._live_side(svc)
-            current: Deployed = await call(EcsActivities.describe_deployed, ecs)
-            revisions: list[Revision] = await call(EcsActivities.list_versions, ecs)
+            current: Deployed
+            revisions: list[Revision]
+            if workflow.patched(FAST_PATH):  # one short read: what runs and the target, not every revision
+                found: Identified = await read(EcsActivities.identify, VersionQuery(ecs=ecs, to_version=req.to_version))
+                current, revisions = found.current, found.revisions
+            else:
+                current = await call(EcsActivities.describe_deployed, ecs)
+                revisions = await call(EcsActivities.list_versions, ecs)
             now = next((r for r in revisions if r.arn == current.task_definition.arn), current.task_definition)
             refuse_automation(self, _label(now), now.verdict)
             target, why = choose_target(current.task_definition, revisions, req.to_version)
@@ -113,11 +120,10 @@ class ServiceRollback(RollbackWorkflow):
         async with self.timeline.step(MONITOR) as st:
             st.detail = await self.monitor(minutes, policy.monitor_interval_minutes,
                                            lambda: self._checks(svc, target.version))
-        if not self.s.regressions:
+        if self.monitored_good:
             await remember(self, (Place(kind="ecs", name=target.arn), "good"))
         self.s.message = (f"{req.service} rolled back to {target.version}"
-                          + (f"; {len(self.s.regressions)} regression(s) seen while monitoring: see status"
-                             if self.s.regressions else "; monitoring found no regression"))
+                          + self.monitoring_outcome())
 
     def left_behind(self) -> tuple[str, str]:
         ecs, bad, target = self.where

@@ -46,21 +46,40 @@ class Timeline:
 
     @asynccontextmanager
     async def step(self, name: str) -> AsyncIterator[Step]:
+        async with self.steps([name]) as steps:
+            yield steps[0]
+
+    @asynccontextmanager
+    async def steps(self, names: list[str]) -> AsyncIterator[list[Step]]:
+        """Steps that run together (one batch for a fleet's aliases). Inside, ``fail`` ends one of them
+        on its own; the rest end with the block: succeeded, or failed / cancelled with its exception."""
         if getattr(workflow.instance(), "ledger", None) is not None and workflow.cancellation_reason() is not None:
-            raise asyncio.CancelledError(f"cancel requested: step {name!r} not started")  # see workflows/changes.py
-        step = self._get_or_add(name)
-        step.state, step.started_at = StepState.running, workflow.now()
-        self.event(f"{name}: started")
+            raise asyncio.CancelledError(f"cancel requested: step {names[0]!r} not started")  # see workflows/changes.py
+        steps = [self._get_or_add(name) for name in names]
+        for step in steps:
+            step.state, step.started_at = StepState.running, workflow.now()
+            self.event(f"{step.name}: started")
         try:
-            yield step
+            yield steps
         except asyncio.CancelledError:
-            self._end(step, StepState.cancelled, step.detail or "cancelled")
+            for step in self._running(steps):
+                self._end(step, StepState.cancelled, step.detail or "cancelled")
             raise
         except BaseException as e:
-            self._end(step, StepState.failed, innermost_message(e))
+            for step in self._running(steps):
+                self._end(step, StepState.failed, innermost_message(e))
             raise
         else:
-            self._end(step, StepState.succeeded, step.detail)
+            for step in self._running(steps):
+                self._end(step, StepState.succeeded, step.detail)
+
+    def fail(self, step: Step, detail: str) -> None:
+        """End one step of ``steps`` as failed, the others going on."""
+        self._end(step, StepState.failed, detail)
+
+    @staticmethod
+    def _running(steps: list[Step]) -> list[Step]:
+        return [step for step in steps if step.state == StepState.running]
 
     def skip(self, name: str, why: str) -> None:
         step = self.get(name)

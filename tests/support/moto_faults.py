@@ -17,10 +17,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from moto.moto_server.werkzeug_app import MotoRequestHandler
 from werkzeug.serving import make_server
 
 from sandbox.appconfig_standin import AppConfigStandIn
+from sandbox.moto_server import MotoDispatcher
 
 FAULTS = {
     "throttle": (400, "ThrottlingException", "Rate exceeded"),
@@ -48,6 +49,9 @@ class FaultyMoto:
     faults: dict[str, list[str]] = field(default_factory=dict)  # action -> queue of fault names
     _lock: threading.Lock = field(default_factory=threading.Lock)
     appconfig: AppConfigStandIn | None = None  # the AppConfig stand-in under this layer (set by serve)
+    # Every call that may have changed moto's state since the server started (never cleared): the
+    # ``aws`` fixture re-seeds only when it moved (a read-only test leaves the fleet as it was).
+    mutations: int = 0
 
     def inject(self, action: str, *faults: str) -> None:
         with self._lock:
@@ -101,10 +105,15 @@ class FaultyMoto:
     def wrap(self, app):
         def middleware(environ, start_response):
             if environ.get("PATH_INFO", "").startswith("/moto-api"):
+                if environ.get("REQUEST_METHOD") != "GET":
+                    with self._lock:
+                        self.mutations += 1  # reset, config, state-manager
                 return app(environ, start_response)
             action = self._action(environ)
             with self._lock:
                 self.calls[action] += 1
+                if may_change(action, environ.get("REQUEST_METHOD", "")):
+                    self.mutations += 1
                 queue = self.faults.get(action)
                 fault = queue.pop(0) if queue else None
             if fault is None:
@@ -127,7 +136,7 @@ class FaultyMoto:
         return middleware
 
     def serve(self, port: int = 0) -> tuple[str, "callable"]:
-        self.appconfig = AppConfigStandIn(DomainDispatcherApplication(create_backend_app))
+        self.appconfig = AppConfigStandIn(MotoDispatcher())
         app = self.wrap(self.appconfig)
         server = make_server("127.0.0.1", port, app, threaded=True, request_handler=MotoRequestHandler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -149,7 +158,22 @@ _APPCONFIG = [  # (method, path pattern, action): the AppConfig calls tests coun
     ("DELETE", r"/applications/[^/]+/environments/[^/]+/deployments/\d+", "StopDeployment"),
     ("POST", r"/configurationsessions", "StartConfigurationSession"),
     ("GET", r"/configuration", "GetLatestConfiguration"),
+    ("GET", r"/applications", "ListApplications"),  # names -> ids
+    ("GET", r"/applications/[^/]+/environments", "ListEnvironments"),
+    ("GET", r"/applications/[^/]+/configurationprofiles", "ListConfigurationProfiles"),
+    ("GET", r"/deploymentstrategies", "ListDeploymentStrategies"),
 ]
+
+
+READS = ("Describe", "List", "Get", "Head", "BatchGet", "Lookup")
+
+
+def may_change(action: str, method: str) -> bool:
+    """Conservative: only a named read (Describe*, List*, Get*...) or a REST GET/HEAD is known not to change
+    anything (a REST call this layer cannot name counts by its method)."""
+    if action:
+        return not action.startswith(READS)
+    return method not in ("GET", "HEAD")
 
 
 def _appconfig_action(method: str, path: str) -> str | None:

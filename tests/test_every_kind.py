@@ -1,0 +1,193 @@
+"""Issue 14's done-when, for EVERY kind of rollback (common/web_ui.EXAMPLES): an on-call engineer starts,
+approves, watches and cancels each one from the Web UI (headless Chromium) and from the CLI.
+
+One catalog holds every kind (the test catalog plus what the per-kind tests add: the search indexer and
+release v1.2.3 (tests/test_release.py), a Terraform stack (tests/test_infra.py) and the sandbox's own
+``rastup-prod`` database entry, whose snapshot restore is moto's RDS side only). Each kind runs in turn,
+to its end, so kinds sharing a resource (a release touches the api service) never overlap.
+
+Every kind is both approved and cancelled, half of each on each surface: the Web UI approves the kinds
+at even positions of ``ORDER`` (the ``decide`` update with a real ID token) and cancels the others
+(More Actions -> Request Cancellation); the CLI does the opposite. Outcomes are read with the ``status``
+query: approved ones succeed, cancelled ones end ``cancelled`` with no change made.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import quote
+
+import yaml
+
+from common.api import PROCEDURES, workflow_id
+from common.catalog import Catalog
+from common.web_ui import EXAMPLES, ROLLBACKS_ONLY
+from sandbox.catalog import databases_dict
+from tests.conftest import RunCatalog, id_token, in_process_worker
+from tests.fixtures.infra import build_infra_repo
+from tests.helpers import new_id, status_of, wait_for, wait_phase
+from tests.test_cli import cli, cli_env, login, stop
+from tests.test_infra import with_stack
+from tests.test_release import with_release
+from tests.support.web_ui import screenshot_on_failure, send_update, start_from_form
+from tests.test_web_ui import CHROMIUM_ARGS, STEP_MS, chromium, ui_env  # noqa: F401 (fixtures)
+
+# release first: it rolls back the api, the indexer, the site and a flag, before their own kinds move them
+ORDER = ["release", "service", "database", "frontend", "lambda", "infra", "flag", "config"]
+FINAL = {"succeeded", "failed", "cancelled", "rejected", "timed_out"}
+REQUESTER = "zoe"  # holds no role: every kind waits for its approvers
+
+
+def every_kind_catalog(tmp_path: Path, aws, cat: RunCatalog) -> RunCatalog:
+    """``cat`` (per-test names) with every kind of EXAMPLES in it, each under ``cat.name(example target)``."""
+    with_release(cat)  # functions (the search indexer) and releases (v1.2.3)
+    infra = with_stack(tmp_path / "infra", aws, build_infra_repo(tmp_path / "infra", "change"))
+    cat.data["stacks"] = {cat.name("network"): infra.data["stacks"][infra.name("network")]}
+    db = databases_dict(aws.http_base)["rastup-prod"]
+    cat.data["databases"] = {cat.name("rastup-prod"): {**db, "app_service": cat.api}}
+    Catalog.model_validate(cat.data)
+    cat.path.write_text(yaml.safe_dump(cat.data, sort_keys=False))
+    assert set(ORDER) == set(EXAMPLES) == set(PROCEDURES)
+    return cat
+
+
+def example_for(kind: str, cat: RunCatalog) -> tuple[str, dict]:
+    """(catalog target, Start Workflow input): EXAMPLES[kind] on this test's names, requested by zoe."""
+    payload = {**EXAMPLES[kind], "requested_by": REQUESTER, "monitor_minutes": 0.05}
+    field = next(k for k in payload if k in ("service", "database", "site", "function", "stack", "flag",
+                                              "target", "release"))
+    if kind != "release":  # releases keep their names
+        payload[field] = cat.name(payload[field])
+    return payload[field], payload
+
+
+def approvers(kind: str) -> list[str]:
+    return ["dana", "erin"] if kind == "database" else ["dana"]  # a snapshot restore also needs the DBA
+
+
+def approve_here(kind: str, surface: str) -> bool:
+    return (ORDER.index(kind) % 2 == 0) == (surface == "ui")
+
+
+async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, tmp_path: Path):
+    from playwright.async_api import async_playwright, expect
+
+    env, base = ui_env
+    cat = every_kind_catalog(tmp_path, aws, fast_catalog)
+    outcomes: dict[str, str] = {}
+    async with in_process_worker(env.client, cat) as worker, async_playwright() as pw:
+        tq = worker.task_queue
+        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(STEP_MS)
+        expect.set_options(timeout=STEP_MS)
+
+        async def in_the_list(wf_id: str) -> None:
+            row = page.get_by_role("link", name=wf_id, exact=True)
+            for _ in range(10):  # visibility is eventually consistent
+                await page.goto(f"{base}/namespaces/default/workflows?query={quote(ROLLBACKS_ONLY)}", wait_until="load")
+                try:
+                    await expect(row).to_have_count(1, timeout=2_000)
+                    return
+                except AssertionError:
+                    pass
+            await expect(row).to_have_count(1)
+
+        async def send_update_to(wf_id: str, name: str, body: dict) -> None:
+            await page.goto(f"{base}/namespaces/default/workflows/{quote(wf_id)}", wait_until="load")
+            await send_update(page, name, body)
+
+        async def request_cancellation(wf_id: str) -> None:
+            await page.goto(f"{base}/namespaces/default/workflows/{quote(wf_id)}", wait_until="load")
+            await page.get_by_role("button", name=re.compile("request cancellation", re.I)).first.click()
+            confirm = page.locator("[data-testid=confirm-modal-button]:visible")
+            await confirm.click()
+            await expect(confirm).to_be_hidden()
+
+        try:
+            async with screenshot_on_failure(page, tmp_path, lambda: f"; outcomes so far: {outcomes}"):
+                for kind in ORDER:
+                    wf_type = PROCEDURES[kind][0]
+                    target, payload = example_for(kind, cat)
+                    wf_id = new_id(f"ui-{kind}")
+                    await start_from_form(page, base, wf_id, tq, wf_type, payload)
+                    handle = env.client.get_workflow_handle(wf_id)
+                    s = await wait_phase(handle, "awaiting_approval", timeout=60)
+                    assert s.kind == kind and s.target == target and s.changes == [], s
+                    await in_the_list(wf_id)
+                    if approve_here(kind, "ui"):
+                        for person in approvers(kind):
+                            await send_update_to(wf_id, "decide", {"decision": "approve", "approver": person,
+                                                                   "id_token": id_token(person)})
+                        s = await wait_for(handle, lambda s: s.phase.value in FINAL, 120, f"{kind} to end")
+                        assert s.phase.value == "succeeded", f"{kind}: {s.phase.value}: {s.message}"
+                        assert sorted(a.approver for a in s.approvals.received) == approvers(kind)
+                        # a release's changes are its components'
+                        changed = s.changes or [c for c in s.components if c.phase == "succeeded"]
+                        assert changed, f"{kind} succeeded without recording a change"
+                    else:
+                        await request_cancellation(wf_id)
+                        s = await wait_for(handle, lambda s: s.phase.value in FINAL, 60, f"{kind} to end")
+                        assert s.phase.value == "cancelled", f"{kind}: {s.phase.value}: {s.message}"
+                        assert s.changes == [] and s.approvals.received == [], s
+                        await page.goto(f"{base}/namespaces/default/workflows/{quote(wf_id)}", wait_until="load")
+                        await expect(page.get_by_test_id("execution-status").first).to_have_text(
+                            re.compile("cancel", re.I))
+                    outcomes[kind] = s.phase.value
+        finally:
+            await browser.close()
+    assert outcomes == {k: "succeeded" if approve_here(k, "ui") else "cancelled" for k in ORDER}
+
+
+async def test_every_kind_from_the_cli(ui_env, aws, fast_catalog, tmp_path: Path):
+    env, _ = ui_env  # the same dev server as the Web UI test: any dev server would do
+    cat = every_kind_catalog(tmp_path, aws, fast_catalog)
+    outcomes: dict[str, str] = {}
+    async with in_process_worker(env.client, cat) as worker:
+        cli_vars = cli_env(env, aws, cat, worker.task_queue)
+        await login(cli_vars, REQUESTER, "dana", "erin")
+        ids = []
+        try:
+            for kind in ORDER:
+                target, payload = example_for(kind, cat)
+                wf_id = workflow_id(kind, target)
+                ids.append(wf_id)
+                extra = [a for k, v in payload.items() if k not in (
+                    "severity", "requested_by", "reason", "monitor_minutes") and v != target
+                    for a in ("--set", f"{k}={v}")]
+                code, out, err = await cli("start", target, "--severity", payload["severity"], "--requested-by",
+                                           REQUESTER, "--reason", payload["reason"], "--monitor-minutes", "0.05",
+                                           *extra, env=cli_vars)  # no --kind: the name says which
+                assert code == 0, f"{kind}: {out}{err}"
+                assert f"started {wf_id}" in out and "with proof" in out, out
+                follow = re.search(r"follow it: (.+)$", out.strip(), re.M).group(1).split()
+                assert follow[-3:] == ["status", target, "--watch"], out  # after the program (the CLI as run)
+                await wait_phase(env.client.get_workflow_handle(wf_id), "awaiting_approval", timeout=60)
+                code, out, err = await cli("status", target, env=cli_vars)
+                assert code == 0 and "awaiting_approval" in out, f"{kind}: {out}{err}"
+                if approve_here(kind, "cli"):
+                    for person in approvers(kind):
+                        code, out, err = await cli("approve", target, "--as", person, env=cli_vars)
+                        assert code == 0 and out.startswith(f"counted: approval by {person} counted"), \
+                            f"{kind}: {out}{err}"
+                    code, out, err = await cli("status", target, "--watch", env=cli_vars, timeout=120)
+                    assert code == 0 and "succeeded" in out, f"{kind}: {out}{err}"
+                    s = await status_of(env.client.get_workflow_handle(wf_id))
+                    assert s.phase.value == "succeeded" and (s.changes or s.components), s
+                else:
+                    code, out, err = await cli("cancel", target, env=cli_vars)
+                    assert code == 0, f"{kind}: {out}{err}"
+                    assert f"cancel requested for {wf_id}" in out
+                    assert f"{target}: cancelled - cancelled during awaiting_approval" in out, out
+                    code, out, err = await cli("status", target, env=cli_vars)
+                    assert code == 1 and "cancelled" in out, f"{kind}: {out}{err}"
+                    s = await status_of(env.client.get_workflow_handle(wf_id))
+                    assert s.phase.value == "cancelled" and s.changes == [], s
+                outcomes[kind] = s.phase.value
+        except BaseException as e:
+            e.add_note(f"outcomes so far: {outcomes}")
+            raise
+        finally:
+            await stop(env.client, *ids)
+    assert outcomes == {k: "succeeded" if approve_here(k, "cli") else "cancelled" for k in ORDER}
