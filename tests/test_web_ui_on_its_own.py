@@ -39,6 +39,16 @@ async def test_web_ui_on_its_own(chromium, ui_env, aws, fast_catalog, tmp_path: 
         async def start_rollback(wf_id: str, payload: dict) -> None:
             await start_from_form(page, base, wf_id, tq, "ServiceRollback", payload)
 
+        async def frame_text(frame) -> str:
+            """A frame's text, or "" when the UI replaces the frame while it is read (R re-renders them)."""
+            from playwright.async_api import Error as PlaywrightError
+            try:
+                if frame.is_detached() or not await frame.locator("body").count():
+                    return ""
+                return await frame.locator("body").inner_text(timeout=2_000)
+            except PlaywrightError:
+                return ""
+
         async def user_metadata(wanted: re.Pattern[str] | str) -> None:
             """User Metadata tab until it shows ``wanted``: the UI renders Summary and Current Details
             (Markdown) in frames, and asks the worker for current details when R is pressed."""
@@ -48,8 +58,7 @@ async def test_web_ui_on_its_own(chromium, ui_env, aws, fast_catalog, tmp_path: 
             for _ in range(40):
                 await page.keyboard.press("r")
                 await page.wait_for_timeout(500)
-                seen = " | ".join([await f.locator("body").inner_text() for f in page.frames[1:]
-                                   if await f.locator("body").count()])
+                seen = " | ".join([await frame_text(f) for f in page.frames[1:]])
                 if pattern.search(seen):
                     return
             raise AssertionError(f"User Metadata never showed {pattern.pattern!r}; it shows: {seen[:2000]}")
