@@ -263,29 +263,3 @@ async def test_record_fleet_batch(ts_env, aws, catalog):
             result = await h.result()
             assert result.phase.value == "succeeded", result.message
             await save(h, name)
-
-
-async def test_record_local_locks(ts_env, aws, catalog):
-    """Issue 13's local locks (local-locks): a small rollback takes its locks in a local activity,
-    approved at start and after waiting for an approval.
-
-        .venv/bin/python -m pytest tests/record_histories.py -k local_locks
-    """
-    from tests.conftest import id_token
-
-    async with in_process_worker(ts_env.client, catalog) as worker:
-        tq, c = worker.task_queue, ts_env.client
-        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, id_token=id_token("dana"), monitor_minutes=5),
-                                   id="rec-local-locks-service", task_queue=tq)
-        result = await h.result()
-        assert result.phase.value == "succeeded", result.message
-        await save(h, "local_locks_service_succeeded")
-
-        h = await c.start_workflow(ServiceRollback.run, req(catalog.api, severity="SEV-1", requested_by="zoe",
-                                                            to_version="v1.2.3", monitor_minutes=5),
-                                   id="rec-local-locks-approved", task_queue=tq)
-        await wait_phase(h, "awaiting_approval")
-        await h.signal(ServiceRollback.approve, Decision(approver="alice", id_token=id_token("alice")))
-        result = await h.result()
-        assert result.phase.value == "succeeded", result.message
-        await save(h, "local_locks_service_approved")

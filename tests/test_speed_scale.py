@@ -70,35 +70,6 @@ async def test_a_waiting_rollback_keeps_a_small_history_without_the_catalog(ts_e
     assert calls.get("DescribeServices") == 1 and calls.get("DescribeTaskDefinition") == 2, calls
 
 
-async def test_a_small_rollback_locks_in_the_task_that_resolved_it(ts_env, aws, catalog):
-    """Before: the lock was an activity of its own and one more workflow task before the first change
-    (25-40 ms of the alert's path). Now a service rollback's one lock is taken in a local activity,
-    and it still holds: a second rollback of the service is refused naming the first."""
-    async with in_process_worker(ts_env.client, catalog) as worker:
-        first = await start_service(ts_env, worker, service_request(catalog.api))  # SEV-1: waits for approval
-        await wait_phase(first, "awaiting_approval")
-        second = await start_service(ts_env, worker, service_request(catalog.api))
-        refused = RollbackStatus.model_validate(await second.result())
-        await first.signal(ServiceRollback.reject, Decision(approver="carol", id_token=aws.token("carol"),
-                                                            reason="test over"))
-        await first.result()
-    assert refused.phase.value == "refused" and f"in use by workflow {first.id}" in refused.message
-    events = (await first.fetch_history()).events
-    scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
-                 if e.HasField("activity_task_scheduled_event_attributes")]
-    assert "acquire_locks" not in scheduled, scheduled
-    markers = [e for e in events if e.HasField("marker_recorded_event_attributes")]
-    assert any(b"acquire_locks" in e.SerializeToString() for e in markers)
-    # until the approval request, the rollback ran in the first workflow task
-    tasks_before_asking = 0
-    for e in events:
-        if e.HasField("workflow_task_completed_event_attributes"):
-            tasks_before_asking += 1
-        if e.HasField("activity_task_scheduled_event_attributes"):
-            break
-    assert tasks_before_asking == 1, scheduled
-
-
 def test_catalog_is_parsed_once_per_change_of_the_file(tmp_path, aws):
     catalog = write_catalog(tmp_path, aws)
     acts = CatalogActivities(catalog.path)

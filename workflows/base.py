@@ -37,8 +37,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.changes import Ledger
     from workflows.checklist import evaluate as evaluate_checklist
     from workflows.gate import ApprovalGate, ExtraRequirement, severity_approvers
-    from workflows.fast_path import FAST_PATH, LOCAL_LOCKS, LOCAL_LOCKS_AT_MOST
-    from workflows.options import BATCH, NOTIFY, VERIFY, call, local, read
+    from workflows.fast_path import FAST_PATH
+    from workflows.options import BATCH, NOTIFY, VERIFY, call, read
     from workflows.pages import Pager
     from workflows.report import render_report, render_summary
     from workflows.timeline import Refused, StepFailed, Timeline, innermost_message as _innermost
@@ -418,13 +418,10 @@ class RollbackWorkflow:
         if self.ledger is None or self._begun:
             return  # a run from before begin(): conduct locked and announced at the start
         info = workflow.info()
-        locks = LocksRequest(resources=resources, holder=LockHolder(
-            workflow_id=info.workflow_id, run_id=info.run_id,
-            description=f"{self.kind} rollback of {self.s.target} by {self.s.requested_by}"))
-        if len(resources) <= LOCAL_LOCKS_AT_MOST and workflow.patched(LOCAL_LOCKS):
-            result: LocksResult = await local(LockActivities.acquire_locks, locks)
-        else:
-            result = await call(LockActivities.acquire_locks, locks, options=BATCH)
+        result: LocksResult = await call(LockActivities.acquire_locks, LocksRequest(
+            resources=resources, holder=LockHolder(
+                workflow_id=info.workflow_id, run_id=info.run_id,
+                description=f"{self.kind} rollback of {self.s.target} by {self.s.requested_by}")), options=BATCH)
         if not result.acquired:
             h = result.holder
             who = f"workflow {h.workflow_id} ({h.description})" if h else "another rollback"

@@ -14,11 +14,3 @@ Runs started since ``FAST_PATH`` differ from earlier ones (which replay as they 
 """
 
 FAST_PATH = "fast-path"
-
-LOCAL_LOCKS = "local-locks"
-"""Runs started since ``LOCAL_LOCKS`` take the locks of a small rollback (at most ``LOCAL_LOCKS_AT_MOST``
-resources: a service, a function, a flag) in a local activity, in the workflow task that resolved the
-request, instead of an activity of its own and a workflow task more before the first change. A fleet's
-locks stay one heartbeating activity (workflows/options.py ``BATCH``)."""
-
-LOCAL_LOCKS_AT_MOST = 4

@@ -107,14 +107,6 @@ LOCAL: dict[str, Any] = dict(
 
 async def read(fn: Callable[..., Any], arg: Any = None, *, options: dict[str, Any] | None = None) -> Any:
     """Run a read-only activity (never a change) as a local activity, with ``LOCAL`` options."""
-    return await local(fn, arg, options=options)
-
-
-async def local(fn: Callable[..., Any], arg: Any = None, *, options: dict[str, Any] | None = None) -> Any:
-    """Run a short, idempotent activity that changes nothing outside Temporal (a read, taking a
-    rollback's few locks) as a local activity: no task-queue round trip, no extra workflow task.
-    Never for a change (``workflows.changes.CHANGES``): those are recorded as activities of their own."""
-    assert fn.__name__ not in changes.CHANGES, f"{fn.__name__} is a change: use call()"
     opts = options or LOCAL
     args = [] if arg is None else [arg]
     try:
