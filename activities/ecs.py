@@ -9,7 +9,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.aws import AwsClients, aws_call
-from activities.known_good import KEEP, Verdict, ecs_verdict
+from activities.known_good import KEEP, Verdict, described_with_verdict, ecs_verdict
 from common.catalog import EcsRef
 
 
@@ -84,6 +84,10 @@ class EcsActivities:
     @activity.defn
     def describe_deployed(self, ref: EcsRef) -> Deployed:
         """The service's current task definition, its version and whether it has settled."""
+        return self._deployed(ref)
+
+    def _deployed(self, ref: EcsRef, verdict: bool = False) -> Deployed:
+        """As ``describe_deployed``; with ``verdict``, the current revision's verdict read in the same call."""
         ecs = self._aws("ecs")
         with aws_call(f"ecs describe-services {ref.cluster}/{ref.service}"):
             resp = ecs.describe_services(cluster=ref.cluster, services=[ref.service])
@@ -94,15 +98,21 @@ class EcsActivities:
                 "fix ecs.cluster/ecs.service in the catalog",
                 non_retryable=True, type="NotFound")
         svc = services[0]
-        with aws_call(f"ecs describe-task-definition {svc['taskDefinition']}"):
-            td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
+        judged = None
+        if verdict:
+            td, judged = described_with_verdict(ecs, svc["taskDefinition"])
+        else:
+            with aws_call(f"ecs describe-task-definition {svc['taskDefinition']}"):
+                td = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]
         deployments = svc.get("deployments") or []
         in_progress = [d for d in deployments if d.get("rolloutState") == "IN_PROGRESS"]
         settled = (len(deployments) <= 1 and not in_progress
                    and svc.get("runningCount", 0) >= svc.get("desiredCount", 0))
         primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
+        now = _revision(td, ref.container)
+        now.verdict = judged
         return Deployed(cluster=ref.cluster, service=ref.service,
-                        task_definition=_revision(td, ref.container),
+                        task_definition=now,
                         desired_count=svc.get("desiredCount", 0),
                         running_count=svc.get("runningCount", 0),
                         deployments=len(deployments), settled=settled,
@@ -114,10 +124,9 @@ class EcsActivities:
         definition, the family's revision ARNs (the revision is in the ARN), then the revisions below
         the current one, newest first, only until one qualifies (``to_version``'s, or an earlier
         different version no rollback left as bad: workflows/service.py ``choose_target``)."""
-        current = self.describe_deployed(q.ecs)
+        current = self._deployed(q.ecs, verdict=True)
         ecs = self._aws("ecs")
         family, now = current.task_definition.family, current.task_definition
-        now.verdict = ecs_verdict(ecs, now.arn)
         arns: list[str] = []
         with aws_call(f"ecs list-task-definitions {family}"):
             for page in ecs.get_paginator("list_task_definitions").paginate(familyPrefix=family, status="ACTIVE"):
@@ -127,10 +136,13 @@ class EcsActivities:
         for i, arn in enumerate(a for a in arns if a != now.arn):
             if q.to_version is None and _revision_of(arn) > now.revision:
                 continue  # newer than what runs: never a default target
-            with aws_call(f"ecs describe-task-definition {arn}"):
-                r = _revision(ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"], q.ecs.container)
-            if i < KEEP:
-                r.verdict = ecs_verdict(ecs, arn)
+            if i < KEEP:  # the verdicts that can matter: the newest revisions'
+                td, judged = described_with_verdict(ecs, arn)
+            else:
+                with aws_call(f"ecs describe-task-definition {arn}"):
+                    td, judged = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"], None
+            r = _revision(td, q.ecs.container)
+            r.verdict = judged
             found.append(r)
             if (r.version == q.to_version if q.to_version else
                     (r.version != now.version and (r.verdict is None or r.verdict.verdict != "bad"))):

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.aws import AwsClients, aws_call
+from activities.aws import ACCESS_DENIED, AwsClients, aws_call
 from activities.batch import Failed, each
 
 TAG = "rollback-verdict"
@@ -94,6 +94,21 @@ def ecs_verdict(ecs: Any, arn: str) -> Verdict | None:
     tags = read_tags(arn, lambda: {t["key"]: t["value"] for t in
                                    ecs.list_tags_for_resource(resourceArn=arn).get("tags", [])})
     return decode(tags.get(TAG))
+
+
+def described_with_verdict(ecs: Any, arn: str) -> tuple[dict, Verdict | None]:
+    """A task definition and its verdict in one call (``include=TAGS``), as ``ecs_verdict`` reads it
+    with two. Without permission to see the tags, the task definition alone and the version unjudged."""
+    with aws_call(f"ecs describe-task-definition {arn}"):
+        try:
+            resp = ecs.describe_task_definition(taskDefinition=arn, include=["TAGS"])
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code not in ACCESS_DENIED and e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 403:
+                raise
+            activity.logger.warning("cannot read the rollback verdicts of %s: %s", arn, code)
+            return ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"], None
+    return resp["taskDefinition"], decode({t["key"]: t["value"] for t in resp.get("tags") or []}.get(TAG))
 
 
 def appconfig_profile_arn(aws: AwsClients, application_id: str, profile_id: str) -> str:

@@ -68,6 +68,23 @@ async def test_a_waiting_rollback_keeps_a_small_history_without_the_catalog(ts_e
     # the version lookup: the service once, the current and the target task definition only (of 43)
     assert s.from_version == "v1.2.3" and s.to_version == "v1.2.2"
     assert calls.get("DescribeServices") == 1 and calls.get("DescribeTaskDefinition") == 2, calls
+    assert "ListTagsForResource" not in calls, calls  # their verdicts came with them (include=TAGS)
+
+
+def test_the_version_lookup_works_without_permission_to_read_tags(aws, caplog):
+    """Verdicts come with the task definitions (include=TAGS); a worker not allowed to see tags still
+    finds what runs and the target, the versions unjudged, and logs why."""
+    from activities.ecs import EcsActivities, VersionQuery
+    from common.catalog import EcsRef
+
+    aws.faults.clear()
+    aws.faults.inject("DescribeTaskDefinition", "denied")  # the current revision's, with its tags
+    with caplog.at_level(logging.WARNING):
+        found = ActivityEnvironment().run(EcsActivities(AwsClients()).identify, VersionQuery(
+            ecs=EcsRef(cluster="rastup-prod", service="api-service", container="api")))
+    assert [r.version for r in found.revisions] == ["v1.2.3", "v1.2.2"]
+    assert all(r.verdict is None for r in found.revisions)
+    assert "cannot read the rollback verdicts" in caplog.text and "AccessDeniedException" in caplog.text
 
 
 def test_catalog_is_parsed_once_per_change_of_the_file(tmp_path, aws):
