@@ -188,10 +188,23 @@ def _binary(name: str) -> str:
     return found
 
 
-async def _end(stack: Stack, wf_id: str) -> None:
+async def _terminate(stack: Stack, wf_id: str) -> None:
     try:
         await stack.client.get_workflow_handle(wf_id).terminate("bench: measured")
     except Exception:  # noqa: BLE001  (already ended)
+        pass
+
+
+async def _end(stack: Stack, wf_id: str) -> None:
+    """End a measured rollback as a person would (a cancel: it wraps up and releases its locks), so the
+    next measurement starts as a real alert does, not by breaking a terminated rollback's stale lock."""
+    handle = stack.client.get_workflow_handle(wf_id)
+    try:
+        await handle.cancel()
+        await asyncio.wait_for(handle.result(), 30)
+    except asyncio.TimeoutError:
+        await handle.terminate("bench: measured; the cancel did not finish in 30 s")
+    except Exception:  # noqa: BLE001  (cancelled, or already ended)
         pass
 
 
@@ -418,7 +431,7 @@ async def waiting(stack: Stack, count: int, deadlocks: Deadlocks) -> list[Row]:
 
     await asyncio.gather(*(query(random.choice(ids)) for _ in range(max(200, count))))
     after = rss_mb()
-    await asyncio.gather(*(_end(stack, i) for i in ids))
+    await asyncio.gather(*(_terminate(stack, i) for i in ids))  # nothing is measured after them
     return [
         Row(f"{count} rollbacks started in a burst: all waiting", "s",
             ours=[all_waiting] if all_waiting is not None else [], goal=None,
