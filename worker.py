@@ -77,6 +77,10 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("numpy", "scipy"))
 
 ACTIVITY_THREADS = 32  # activities at once (thread pool); boto3's connection pools are sized to it
+# Workflows kept in memory between tasks. Each rollback in flight is two (itself and its TargetLock), so
+# the SDK's default of 1,000 evicted half of 1,000 waiting rollbacks, and a status query on one of those
+# replayed its whole history first (the query's long tail in make bench).
+CACHED_WORKFLOWS = 2_500
 
 WORKFLOWS = [ServiceRollback, DatabaseRollback, FrontendRollback, LambdaRollback, InfraRollback, AutoRollbackCheck, TargetLock,
              FeatureFlagRollback, ConfigRollback, ReleaseRollback]
@@ -164,6 +168,7 @@ def build_worker(client: Client, settings: Settings, catalog_path: Path, task_qu
         workflow_runner=WORKFLOW_RUNNER,
         activities=activities(client, settings, catalog_path, task_queue),
         activity_executor=ThreadPoolExecutor(max_workers=ACTIVITY_THREADS),
+        max_cached_workflows=CACHED_WORKFLOWS,
         # Bad input from the Web UI / CLI fails the workflow at once instead of hanging.
         workflow_failure_exception_types=[ValidationError],
     )
