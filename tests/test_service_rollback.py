@@ -192,10 +192,15 @@ async def test_regression_during_monitoring_is_reported_not_rolled_forward(ts_en
         handle = await ts_env.client.start_workflow(
             ServiceRollback.run, request(catalog.api), id=new_id(), task_queue=worker.task_queue)
         await wait_phase(handle, "monitoring", timeout=60)
+        # v1.2.2 regresses: its latency stays high from now on. One datapoint was not a regression: whether
+        # it counted depended on how many baseline datapoints the reused fleet still had in the window
+        # (with five or more, one outlier is not significant, as docs/verdicts.md intends).
+        now = datetime.now(timezone.utc)
         aws.client("cloudwatch").put_metric_data(Namespace="Rastup/API", MetricData=[{
             "MetricName": "Latency", "Value": 5000.0, "Unit": "Milliseconds",
-            "Timestamp": datetime.now(timezone.utc),
-            "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": "v1.2.2"}]}])
+            "Timestamp": now - timedelta(seconds=20 * i),
+            "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": "v1.2.2"}]}
+            for i in range(8)])
         result = await handle.result()
     assert result.phase.value == "succeeded"
     assert result.regressions and result.regressions[0].name == "latency_p95"
