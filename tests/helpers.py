@@ -7,6 +7,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 from temporalio.client import WorkflowHandle
 
@@ -65,3 +66,17 @@ def stop_gently(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def bad_metric(aws, namespace: str, metric: str, value: float, dimensions: dict[str, str],
+               unit: str = "Percent", points: int = 18) -> None:
+    """A version that is bad in every minute of a check's window: a datapoint every 20 s for the last six
+    minutes. One bad datapoint among the fleet's healthy ones is noise to the Mann-Whitney judge
+    (docs/verdicts.md): whether it failed a check depended on how many healthy ones a reused fleet still
+    had in the window, which made tests that relied on one flaky."""
+    now = datetime.now(timezone.utc)
+    data = [{"MetricName": metric, "Value": value, "Unit": unit, "Timestamp": now - timedelta(seconds=20 * i),
+             "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()]} for i in range(points)]
+    cw = aws.client("cloudwatch")
+    for i in range(0, len(data), 20):
+        cw.put_metric_data(Namespace=namespace, MetricData=data[i:i + 20])

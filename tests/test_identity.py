@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import jwt
@@ -31,7 +31,7 @@ from common.models import Decision, DecisionRequest, Escalation, RollbackStatus,
 from common.settings import Settings
 from sandbox.catalog import alert_rules
 from tests.conftest import AUTOMATION_KEY, RunCatalog, id_token, in_process_worker, write_catalog
-from tests.helpers import new_id, running_revision, status_of, wait_for, wait_phase
+from tests.helpers import bad_metric, new_id, running_revision, status_of, wait_for, wait_phase
 from tests.support.recorder import Recorder
 from worker import build_worker
 from workflows.flags import FeatureFlagRollback
@@ -237,9 +237,7 @@ async def test_escalations_need_proof_a_reason_and_the_right_person(ts_env, aws,
 
 async def test_a_severity_change_never_decides_a_paused_step(ts_env, aws, catalog):
     # v1.2.2 looks bad too: the check before the second step fails and the rollback pauses at 50 %
-    aws.client("cloudwatch").put_metric_data(Namespace="Rastup/API", MetricData=[{
-        "MetricName": "ErrorRate", "Value": 9.0, "Unit": "Percent", "Timestamp": datetime.now(timezone.utc),
-        "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": "v1.2.2"}]}])
+    bad_metric(aws, "Rastup/API", "ErrorRate", 9.0, {"Service": "api", "Version": "v1.2.2"})
     async with in_process_worker(ts_env.client, catalog) as worker:
         handle = await start(ts_env, worker, request(catalog.api_bg, severity="SEV-2", requested_by="dana",
                                                      rollout_percentages=[50, 100]))

@@ -25,7 +25,7 @@ from common.models import AutoRollbackCheckInput, AutoRollbackReport, RollbackSt
 from common.settings import Settings
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry, ensure_function
 from tests.conftest import FAST_POLICY, RunCatalog, id_token, in_process_worker, proven, write_catalog
-from tests.helpers import new_id, running_revision
+from tests.helpers import bad_metric, new_id, running_revision
 from tests.support.recorder import Recorder
 from worker import build_worker
 
@@ -120,9 +120,7 @@ def set_policy(catalog: RunCatalog, **policy) -> None:
 
 def unhealthy(aws, version: str, rate: float = 9.0) -> None:
     """A cause outside the code: the good version errs too."""
-    aws.client("cloudwatch").put_metric_data(Namespace="Rastup/API", MetricData=[{
-        "MetricName": "ErrorRate", "Value": rate, "Unit": "Percent", "Timestamp": datetime.now(timezone.utc),
-        "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": version}]}])
+    bad_metric(aws, "Rastup/API", "ErrorRate", rate, {"Service": "api", "Version": version})
 
 
 async def test_the_auto_rollback_check_never_cascades(dev_env, aws, tmp_path):

@@ -5,7 +5,7 @@ one approval, a failing check between steps pauses. Time-skipping server; moto b
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 import yaml
@@ -15,7 +15,7 @@ from common.catalog import Catalog
 from common.models import Decision, LambdaRollbackInput, RollbackStatus
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry, ensure_function, seed_lambda
 from tests.conftest import RunCatalog, id_token, in_process_worker
-from tests.helpers import failure_text, new_id, status_of, wait_for, wait_phase
+from tests.helpers import bad_metric, failure_text, new_id, status_of, wait_for, wait_phase
 from workflows.lambda_fn import LambdaRollback
 
 OTHER = "rastup-thumbnailer"  # a second function, for the fleet form
@@ -173,9 +173,7 @@ async def test_failing_metric_between_routing_steps_pauses_and_holds(ts_env, aws
     metric = {"name": "error_rate", "kind": "error_rate", "namespace": "Rastup/Lambda", "metric": "ErrorRate",
               "dimensions": {"FunctionName": FUNCTION, "Version": "{version}"}, "baseline": 0.2, "unit": "%"}
     use_functions(catalog, {FUNCTION: {**catalog_entry(), "metrics": [metric]}})
-    aws.client("cloudwatch").put_metric_data(Namespace="Rastup/Lambda", MetricData=[{
-        "MetricName": "ErrorRate", "Value": 9.0, "Unit": "Percent", "Timestamp": datetime.now(timezone.utc),
-        "Dimensions": [{"Name": "FunctionName", "Value": FUNCTION}, {"Name": "Version", "Value": "3"}]}])
+    bad_metric(aws, "Rastup/Lambda", "ErrorRate", 9.0, {"FunctionName": FUNCTION, "Version": "3"})
     async with in_process_worker(ts_env.client, catalog) as worker:
         handle = await ts_env.client.start_workflow(
             LambdaRollback.run, request(function=catalog.name(FUNCTION), routing_steps=[50, 100]),

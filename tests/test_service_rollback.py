@@ -3,14 +3,14 @@ cancellation and dry runs. Time-skipping server; moto and the sandbox endpoints 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowFailureError
 
 from common.models import Decision, RollbackStatus, ServiceRollbackInput
 from tests.conftest import id_token, in_process_worker
-from tests.helpers import failure_text, new_id, running_revision, status_of, wait_for, wait_phase
+from tests.helpers import bad_metric, failure_text, new_id, running_revision, status_of, wait_for, wait_phase
 from workflows.service import ServiceRollback
 
 
@@ -48,9 +48,7 @@ async def test_gradual_rollback_shifts_traffic_in_steps_with_waits(ts_env, aws, 
 
 async def test_failing_check_between_steps_pauses_and_never_flips_back(ts_env, aws, catalog):
     # The good version looks bad too: the check before the second step fails.
-    aws.client("cloudwatch").put_metric_data(Namespace="Rastup/API", MetricData=[{
-        "MetricName": "ErrorRate", "Value": 9.0, "Unit": "Percent", "Timestamp": datetime.now(timezone.utc),
-        "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": "v1.2.2"}]}])
+    bad_metric(aws, "Rastup/API", "ErrorRate", 9.0, {"Service": "api", "Version": "v1.2.2"})
     async with in_process_worker(ts_env.client, catalog) as worker:
         handle = await ts_env.client.start_workflow(
             ServiceRollback.run, request(catalog.api_bg, rollout_percentages=[50, 100]),
@@ -192,15 +190,8 @@ async def test_regression_during_monitoring_is_reported_not_rolled_forward(ts_en
         handle = await ts_env.client.start_workflow(
             ServiceRollback.run, request(catalog.api), id=new_id(), task_queue=worker.task_queue)
         await wait_phase(handle, "monitoring", timeout=60)
-        # v1.2.2 regresses: its latency stays high from now on. One datapoint was not a regression: whether
-        # it counted depended on how many baseline datapoints the reused fleet still had in the window
-        # (with five or more, one outlier is not significant, as docs/verdicts.md intends).
-        now = datetime.now(timezone.utc)
-        aws.client("cloudwatch").put_metric_data(Namespace="Rastup/API", MetricData=[{
-            "MetricName": "Latency", "Value": 5000.0, "Unit": "Milliseconds",
-            "Timestamp": now - timedelta(seconds=20 * i),
-            "Dimensions": [{"Name": "Service", "Value": "api"}, {"Name": "Version", "Value": "v1.2.2"}]}
-            for i in range(8)])
+        # v1.2.2 regresses: its latency is high in every minute of the window
+        bad_metric(aws, "Rastup/API", "Latency", 5000.0, {"Service": "api", "Version": "v1.2.2"}, unit="Milliseconds")
         result = await handle.result()
     assert result.phase.value == "succeeded"
     assert result.regressions and result.regressions[0].name == "latency_p95"
