@@ -570,6 +570,21 @@ def create_app(client: Client, config: ReceiverConfig) -> FastAPI:
     return app
 
 
+async def serve_on_a_free_port(app: FastAPI) -> tuple[str, Any, "asyncio.Task[None]"]:
+    """The app served by uvicorn in this event loop on a free 127.0.0.1 port (the tests and the bench):
+    its base URL, the server (set ``should_exit`` to stop it) and the task to await after that."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
+                                           access_log=False, lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # it could not start: say why
+        await asyncio.sleep(0.02)
+    return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", server, task
+
+
 async def main() -> int:
     import uvicorn
 

@@ -142,22 +142,14 @@ class Stack:
         self.catalog_path.write_text(yaml.safe_dump(self.catalog_data, sort_keys=False))
 
     async def _receiver_up(self) -> tuple[str, Any]:
-        import uvicorn
         from pydantic import SecretStr
 
-        from receiver import ReceiverConfig, create_app
+        from receiver import ReceiverConfig, create_app, serve_on_a_free_port
 
         cfg = ReceiverConfig(task_queue=self.task_queue, catalog_path=self.catalog_path,
                              token=SecretStr(self.token), automation_key=SecretStr(self.automation_key))
-        server = uvicorn.Server(uvicorn.Config(create_app(self.client, cfg), host="127.0.0.1", port=0,
-                                               log_config=None, access_log=False, lifespan="off"))
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}", (server, task)
+        url, server, task = await serve_on_a_free_port(create_app(self.client, cfg))
+        return url, (server, task)
 
     def token_for(self, person: str) -> str:
         from common.id_tokens import sandbox_login

@@ -31,7 +31,7 @@ from tests.test_cli import cli, cli_env, login, stop
 from tests.test_infra import with_stack
 from tests.test_release import with_release
 from tests.support.web_ui import screenshot_on_failure, send_update, start_from_form
-from tests.test_web_ui import CHROMIUM_ARGS, STEP_MS, chromium, ui_env  # noqa: F401 (fixtures)
+from tests.test_web_ui import chromium, open_page, ui_env  # noqa: F401 (fixtures)
 
 # release first: it rolls back the api, the indexer, the site and a flag, before their own kinds move them
 ORDER = ["release", "service", "database", "frontend", "lambda", "infra", "flag", "config"]
@@ -78,10 +78,7 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
     outcomes: dict[str, str] = {}
     async with in_process_worker(env.client, cat) as worker, async_playwright() as pw:
         tq = worker.task_queue
-        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(STEP_MS)
-        expect.set_options(timeout=STEP_MS)
+        browser, page = await open_page(pw, chromium)
 
         async def in_the_list(wf_id: str) -> None:
             row = page.get_by_role("link", name=wf_id, exact=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import httpx
-import uvicorn
 import yaml
 from pydantic import SecretStr
 from temporalio.client import Client, WorkflowHandle
@@ -27,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from common.api import PROCEDURES, workflow_id
 from common.models import RollbackStatus
-from receiver import ReceiverConfig, create_app
+from receiver import ReceiverConfig, create_app, serve_on_a_free_port
 from sandbox import aws_env
 from common.settings import SourceAuth
 from sandbox.catalog import HIGH_ERROR_RATE_AUTOMATION, alert_rules
@@ -61,16 +60,9 @@ async def serving(client: Client, catalog: RunCatalog, task_queue: str, **config
         config or {"token": SecretStr(TOKEN), "hmac_secret": SecretStr(SECRET), "sources": SOURCES,
                    "automation_key": SecretStr(AUTOMATION_KEY), "slack_signing_secret": SecretStr(SLACK_SIGNING_SECRET),
                    "slack_response_url_prefixes": ["http://127.0.0.1:"]}))
-    server = uvicorn.Server(uvicorn.Config(create_app(client, cfg), host="127.0.0.1", port=0, log_config=None,
-                                           access_log=False, lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    url, server, task = await serve_on_a_free_port(create_app(client, cfg))
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.should_exit = True
         await task

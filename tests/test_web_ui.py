@@ -42,6 +42,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 STEP_MS = 15_000  # the longest any single UI step may take (each is ~1 s here)
 
 
+async def open_page(pw, chromium: str):
+    """Headless Chromium and one page, each UI step allowed STEP_MS: (browser, page)."""
+    from playwright.async_api import expect
+
+    browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(STEP_MS)
+    expect.set_options(timeout=STEP_MS)
+    return browser, page
+
+
 def chromium_or_skip() -> str:
     """Debian's chromium; skip only where it cannot be installed (CI can: root + apt-get)."""
     if os.access(CHROMIUM, os.X_OK):
@@ -111,10 +122,7 @@ async def test_on_call_engineer_rolls_back_from_the_web_ui(chromium, ui_env, aws
 
     async with in_process_worker(env.client, fast_catalog) as worker, async_playwright() as pw:
         lock = lock_id("ecs service rastup-prod/api-service", worker.task_queue)  # the service's resource lock
-        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(STEP_MS)
-        expect.set_options(timeout=STEP_MS)
+        browser, page = await open_page(pw, chromium)
         try:
             async with screenshot_on_failure(page, tmp_path):
                 # 1. Start Workflow, from the workflows list as the engineer does

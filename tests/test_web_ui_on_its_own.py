@@ -22,7 +22,7 @@ from common.web_ui import GRADUAL_EXAMPLE, ROLLBACKS_ONLY
 from tests.conftest import id_token, in_process_worker
 from tests.helpers import new_id, running_revision
 from tests.support.web_ui import screenshot_on_failure, send_update, start_from_form
-from tests.test_web_ui import CHROMIUM_ARGS, STEP_MS, chromium, ui_env  # noqa: F401 (fixtures)
+from tests.test_web_ui import chromium, open_page, ui_env  # noqa: F401 (fixtures)
 
 
 async def test_web_ui_on_its_own(chromium, ui_env, aws, fast_catalog, tmp_path: Path):
@@ -31,10 +31,7 @@ async def test_web_ui_on_its_own(chromium, ui_env, aws, fast_catalog, tmp_path: 
     env, base = ui_env
     async with in_process_worker(env.client, fast_catalog) as worker, async_playwright() as pw:
         tq = worker.task_queue
-        browser = await pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(STEP_MS)
-        expect.set_options(timeout=STEP_MS)
+        browser, page = await open_page(pw, chromium)
 
         async def start_rollback(wf_id: str, payload: dict) -> None:
             await start_from_form(page, base, wf_id, tq, "ServiceRollback", payload)
