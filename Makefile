@@ -57,7 +57,7 @@ receiver: $(STAMP)
 ## process (about 25 minutes on 2 cores); TEST_WORKERS=0 runs the files one after another (about an hour).
 TEST_WORKERS ?= 3
 test: $(STAMP) bytecode chromium prometheus
-	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 ## Issue 13's targets against the sandbox on free ports, beside a bare boto3 script (docs/benchmarks.md).
 ## Not a test: prints a table and a verdict per target. BENCH_ARGS, e.g. "--repeat 20 --waiting 200".

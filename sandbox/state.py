@@ -76,7 +76,8 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
-def _snapshot(standin: Any) -> bytes:
+def snapshot(standin: Any) -> bytes:
+    """moto's in-use backends and the AppConfig stand-in's state, pickled (what ``load`` puts back)."""
     backends = {key: {account: dict(regions) for account, regions in bd.items()}
                 for key, bd in _backend_dicts().items()}
     out = io.BytesIO()
@@ -88,19 +89,24 @@ def _snapshot(standin: Any) -> bytes:
 def restore(path: Path, standin: Any) -> None:
     """Put the saved backends back into moto (in place: moto's modules hold the same dicts)."""
     try:
-        saved = pickle.loads(path.read_bytes())
-        if saved.get("format") != FORMAT:
-            raise ValueError(f"format {saved.get('format')}, expected {FORMAT}")
-        for (module, name), accounts in saved["backends"].items():
-            bd = getattr(importlib.import_module(module), name)
-            for account, regions in accounts.items():
-                per_account = bd[account]  # creates (and registers) the account's backend dict
-                for region, backend in regions.items():
-                    dict.__setitem__(per_account, region, backend)
-        standin.load_state(saved["appconfig"])
+        load(path.read_bytes(), standin)
     except Exception as e:  # noqa: BLE001 (any unpickling failure means the same thing to the user)
         raise StateError(f"the sandbox's saved AWS state {path} cannot be loaded ({type(e).__name__}: {e}); "
                          "start over with 'make reset' (it deletes the sandbox's state)") from None
+
+
+def load(data: bytes, standin: Any) -> None:
+    """Put a ``snapshot`` back into moto and the stand-in (fresh objects each time: the snapshot is kept)."""
+    saved = pickle.loads(data)
+    if saved.get("format") != FORMAT:
+        raise ValueError(f"format {saved.get('format')}, expected {FORMAT}")
+    for (module, name), accounts in saved["backends"].items():
+        bd = getattr(importlib.import_module(module), name)
+        for account, regions in accounts.items():
+            per_account = bd[account]  # creates (and registers) the account's backend dict
+            for region, backend in regions.items():
+                dict.__setitem__(per_account, region, backend)
+    standin.load_state(saved["appconfig"])
 
 
 def _is_read(environ: dict) -> bool:
@@ -141,7 +147,7 @@ class Persisted:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_bytes(_snapshot(self.standin))
+            tmp.write_bytes(snapshot(self.standin))
             os.replace(tmp, self.path)  # atomic: a crash leaves the old file or the new, never half
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -45,6 +45,7 @@ from sandbox.fleet import client as aws_client
 from sandbox.metrics import backfill, emit_once
 from sandbox.moto_server import reset
 from sandbox.oidc import PERSON_CLAIM, SandboxIssuer
+from sandbox.state import load, snapshot
 from tests.support.moto_faults import FaultyMoto
 
 # The secrets the worker, the receiver and the tests share (what ROLLBACK_* would hold in production).
@@ -69,7 +70,12 @@ class Aws:
     issuer: SandboxIssuer
     fleet: Fleet | None = None
     seeded_at: tuple[int, float] = (-1, 0.0)  # (faults.mutations, monotonic time) after the last seed
+    seed_snapshot: tuple[bytes, float] | None = None  # moto as seeded (no metrics), and when it was seeded
     fingerprint: tuple = ()  # fingerprint() after the last seed
+
+    def seed_anew(self) -> None:
+        """The next ``aws`` fixture seeds for real: its deploys happen just then (not put back from a snapshot)."""
+        self.seeded_at, self.seed_snapshot = (-1, 0.0), None
 
     def token(self, person: str, **claims) -> str:
         return id_token(person, **claims)
@@ -159,6 +165,9 @@ def fingerprint(endpoint_url: str) -> tuple:
 
 
 RESEED_AFTER = 60.0  # seconds: a fleet left as seeded is reused this long (its metrics stay recent)
+# seconds: a seeded fleet is put back from its snapshot this long, then seeded anew. Its deploys are as old
+# as the snapshot: tests' "now" datapoints land after them, as they would after a real deploy minutes ago.
+SNAPSHOT_FOR = 120.0
 
 
 @pytest.fixture()
@@ -166,14 +175,20 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
     """A freshly seeded fleet (api-service on v1.2.3, blue/green pair blue-live) with metrics. Seeding
     takes seconds: when nothing may have changed moto's state since the last seed (a test that only read,
     or used no AWS at all: tests/support/moto_faults.py counts every other call) and it is recent, that
-    fleet is reused as it is."""
+    fleet is reused as it is; otherwise moto's state as last seeded is put back (sandbox/state.py's
+    snapshot, tens of milliseconds), with fresh metrics."""
     faults = aws_server.faults
     fresh = aws_server.fleet is not None and faults.mutations == aws_server.seeded_at[0] \
         and time.monotonic() - aws_server.seeded_at[1] < RESEED_AFTER \
         and fingerprint(aws_server.endpoint_url) == aws_server.fingerprint
     if not fresh:
         reset(aws_server.endpoint_url)
-        aws_server.fleet = seed(aws_server.endpoint_url)
+        kept = aws_server.seed_snapshot
+        if kept and time.monotonic() - kept[1] < SNAPSHOT_FOR:
+            load(kept[0], faults.appconfig)
+        else:
+            aws_server.fleet = seed(aws_server.endpoint_url)
+            aws_server.seed_snapshot = (snapshot(faults.appconfig), time.monotonic())
         backfill(aws_client("cloudwatch", aws_server.endpoint_url))
         emit_once(aws_server.endpoint_url)
         aws_server.fingerprint = fingerprint(aws_server.endpoint_url)
@@ -279,3 +294,21 @@ def in_process_worker(client: Client, catalog: RunCatalog, task_queue: str | Non
     return build_worker(client, Settings(), catalog.path, task_queue=task_queue or f"tq-{uuid.uuid4().hex[:8]}")
 
 from tests.pg import pg_database, pg_database_factory  # noqa: E402,F401  (real PostgreSQL fixtures)
+
+
+# The longest test files first (seconds each in a 3-process `make test` on 2 cores, from --durations):
+# pytest-xdist hands out whole files in collection order (the Makefile turns off its own reordering by
+# test count), so none of these starts last while the other processes sit idle. Others keep their order.
+LONGEST_FIRST = [
+    "test_every_kind.py",          # 260: every kind through the Web UI, one after another
+    "test_sandbox_restarts.py",    # 150: a 1.5-minute monitoring window across restarts
+    "test_cancel.py", "test_crash.py", "test_verdicts.py", "test_release.py",  # 125-130
+    "test_cli.py", "test_web_ui_on_its_own.py", "test_make_run.py", "test_production.py",  # 80-110
+    "test_database.py", "test_prometheus.py", "test_quickstart.py", "test_every_kind_cli.py",  # 55-65
+    "test_service_rollback.py", "test_speed_scale.py", "test_identity.py",  # 50-60
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order

@@ -8,8 +8,9 @@ to its end, so kinds sharing a resource (a release touches the api service) neve
 
 Every kind is both approved and cancelled, half of each on each surface: the Web UI approves the kinds
 at even positions of ``ORDER`` (the ``decide`` update with a real ID token) and cancels the others
-(More Actions -> Request Cancellation); the CLI does the opposite. Outcomes are read with the ``status``
-query: approved ones succeed, cancelled ones end ``cancelled`` with no change made.
+(More Actions -> Request Cancellation); the CLI (tests/test_every_kind_cli.py) does the opposite.
+Outcomes are read with the ``status`` query: approved ones succeed, cancelled ones end ``cancelled``
+with no change made.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from urllib.parse import quote
 
 import yaml
 
-from common.api import PROCEDURES, workflow_id
+from common.api import PROCEDURES
 from common.catalog import Catalog
 from common.web_ui import EXAMPLES, ROLLBACKS_ONLY
 from sandbox.catalog import databases_dict
 from tests.conftest import RunCatalog, id_token, in_process_worker
 from tests.fixtures.infra import build_infra_repo
-from tests.helpers import new_id, status_of, wait_for, wait_phase
-from tests.test_cli import cli, cli_env, login, stop
+from tests.helpers import new_id, wait_for, wait_phase
 from tests.test_infra import with_stack
 from tests.test_release import with_release
 from tests.support.web_ui import screenshot_on_failure, send_update, start_from_form
@@ -135,56 +135,3 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
         finally:
             await browser.close()
     assert outcomes == {k: "succeeded" if approve_here(k, "ui") else "cancelled" for k in ORDER}
-
-
-async def test_every_kind_from_the_cli(ui_env, aws, fast_catalog, tmp_path: Path):
-    env, _ = ui_env  # the same dev server as the Web UI test: any dev server would do
-    cat = every_kind_catalog(tmp_path, aws, fast_catalog)
-    outcomes: dict[str, str] = {}
-    async with in_process_worker(env.client, cat) as worker:
-        cli_vars = cli_env(env, aws, cat, worker.task_queue)
-        await login(cli_vars, REQUESTER, "dana", "erin")
-        ids = []
-        try:
-            for kind in ORDER:
-                target, payload = example_for(kind, cat)
-                wf_id = workflow_id(kind, target)
-                ids.append(wf_id)
-                extra = [a for k, v in payload.items() if k not in (
-                    "severity", "requested_by", "reason", "monitor_minutes") and v != target
-                    for a in ("--set", f"{k}={v}")]
-                code, out, err = await cli("start", target, "--severity", payload["severity"], "--requested-by",
-                                           REQUESTER, "--reason", payload["reason"], "--monitor-minutes", "0.05",
-                                           *extra, env=cli_vars)  # no --kind: the name says which
-                assert code == 0, f"{kind}: {out}{err}"
-                assert f"started {wf_id}" in out and "with proof" in out, out
-                follow = re.search(r"follow it: (.+)$", out.strip(), re.M).group(1).split()
-                assert follow[-3:] == ["status", target, "--watch"], out  # after the program (the CLI as run)
-                await wait_phase(env.client.get_workflow_handle(wf_id), "awaiting_approval", timeout=60)
-                code, out, err = await cli("status", target, env=cli_vars)
-                assert code == 0 and "awaiting_approval" in out, f"{kind}: {out}{err}"
-                if approve_here(kind, "cli"):
-                    for person in approvers(kind):
-                        code, out, err = await cli("approve", target, "--as", person, env=cli_vars)
-                        assert code == 0 and out.startswith(f"counted: approval by {person} counted"), \
-                            f"{kind}: {out}{err}"
-                    code, out, err = await cli("status", target, "--watch", env=cli_vars, timeout=120)
-                    assert code == 0 and "succeeded" in out, f"{kind}: {out}{err}"
-                    s = await status_of(env.client.get_workflow_handle(wf_id))
-                    assert s.phase.value == "succeeded" and (s.changes or s.components), s
-                else:
-                    code, out, err = await cli("cancel", target, env=cli_vars)
-                    assert code == 0, f"{kind}: {out}{err}"
-                    assert f"cancel requested for {wf_id}" in out
-                    assert f"{target}: cancelled - cancelled during awaiting_approval" in out, out
-                    code, out, err = await cli("status", target, env=cli_vars)
-                    assert code == 1 and "cancelled" in out, f"{kind}: {out}{err}"
-                    s = await status_of(env.client.get_workflow_handle(wf_id))
-                    assert s.phase.value == "cancelled" and s.changes == [], s
-                outcomes[kind] = s.phase.value
-        except BaseException as e:
-            e.add_note(f"outcomes so far: {outcomes}")
-            raise
-        finally:
-            await stop(env.client, *ids)
-    assert outcomes == {k: "succeeded" if approve_here(k, "cli") else "cancelled" for k in ORDER}

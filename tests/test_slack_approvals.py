@@ -61,6 +61,15 @@ async def answered(slack: Recorder, path: str, timeout: float = 30) -> dict:
     return slack.at(path)[-1].body
 
 
+async def posted(slack: Recorder, path: str, text: str, timeout: float = 30) -> dict:
+    """The first message posted to ``path`` whose text has ``text``, once it arrives."""
+    deadline = time.monotonic() + timeout
+    while not (found := [r.body for r in slack.at(path) if text in r.body["text"]]):
+        assert time.monotonic() < deadline, f"no message with {text!r} posted to {path}"
+        await asyncio.sleep(0.1)
+    return found[0]
+
+
 async def test_approvals_from_slack_buttons_are_verified_and_forged_ones_count_for_nothing(
         dev_env, aws, fast_catalog):
     svc = fast_catalog.api
@@ -75,7 +84,7 @@ async def test_approvals_from_slack_buttons_are_verified_and_forged_ones_count_f
                 service=svc, severity="SEV-0", requested_by="zoe", reason="error rate after v1.2.3",
                 monitor_minutes=0.05, id_token=id_token("zoe")), id=wf_id, task_queue=worker.task_queue)
             await wait_phase(handle, "awaiting_approval")
-            ask = next(r.body for r in slack.at("/webhook") if "needs approval" in r.body["text"])
+            ask = await posted(slack, "/webhook", "needs approval")  # announced alongside the wait, not before
             app = SlackApp(ask, f"{slack.url}/response")
             assert app.value == f"{wf_id}/{handle.result_run_id}"  # the buttons name this run
             post = "/slack/interactions"

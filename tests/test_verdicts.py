@@ -99,7 +99,7 @@ def test_business_metric_drop():
 @pytest.fixture(autouse=True)
 def freshly_deployed(aws_server):
     """These verdicts are read against "the bad deploy the sandbox made just now": never a reused seed."""
-    aws_server.seeded_at = (-1, 0.0)
+    aws_server.seed_anew()
 
 
 def put(aws, dims: dict[str, str], values: list[float], newest_minutes_ago: float, metric: str = "ErrorRate",
