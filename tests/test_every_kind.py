@@ -80,23 +80,21 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
         tq = worker.task_queue
         browser, page = await open_page(pw, chromium)
 
-        async def in_the_list(wf_id: str) -> None:
+        async def open_from_the_list(wf_id: str) -> None:
+            """Find the rollback in the list filtered to rollbacks and open it, as an engineer would."""
             row = page.get_by_role("link", name=wf_id, exact=True)
             for _ in range(10):  # visibility is eventually consistent
                 await page.goto(f"{base}/namespaces/default/workflows?query={quote(ROLLBACKS_ONLY)}", wait_until="load")
                 try:
                     await expect(row).to_have_count(1, timeout=2_000)
-                    return
+                    break
                 except AssertionError:
                     pass
             await expect(row).to_have_count(1)
+            await row.click()
+            await page.wait_for_url(re.compile(f"/workflows/{re.escape(wf_id)}/"), wait_until="load")
 
-        async def send_update_to(wf_id: str, name: str, body: dict) -> None:
-            await page.goto(f"{base}/namespaces/default/workflows/{quote(wf_id)}", wait_until="load")
-            await send_update(page, name, body)
-
-        async def request_cancellation(wf_id: str) -> None:
-            await page.goto(f"{base}/namespaces/default/workflows/{quote(wf_id)}", wait_until="load")
+        async def request_cancellation() -> None:
             await page.get_by_role("button", name=re.compile("request cancellation", re.I)).first.click()
             confirm = page.locator("[data-testid=confirm-modal-button]:visible")
             await confirm.click()
@@ -112,11 +110,11 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
                     handle = env.client.get_workflow_handle(wf_id)
                     s = await wait_phase(handle, "awaiting_approval", timeout=60)
                     assert s.kind == kind and s.target == target and s.changes == [], s
-                    await in_the_list(wf_id)
+                    await open_from_the_list(wf_id)
                     if approve_here(kind, "ui"):
                         for person in approvers(kind):
-                            await send_update_to(wf_id, "decide", {"decision": "approve", "approver": person,
-                                                                   "id_token": id_token(person)})
+                            await send_update(page, "decide", {"decision": "approve", "approver": person,
+                                                               "id_token": id_token(person)})
                         s = await wait_for(handle, lambda s: s.phase.value in FINAL, 120, f"{kind} to end")
                         assert s.phase.value == "succeeded", f"{kind}: {s.phase.value}: {s.message}"
                         assert sorted(a.approver for a in s.approvals.received) == approvers(kind)
@@ -124,7 +122,7 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
                         changed = s.changes or [c for c in s.components if c.phase == "succeeded"]
                         assert changed, f"{kind} succeeded without recording a change"
                     else:
-                        await request_cancellation(wf_id)
+                        await request_cancellation()
                         s = await wait_for(handle, lambda s: s.phase.value in FINAL, 60, f"{kind} to end")
                         assert s.phase.value == "cancelled", f"{kind}: {s.phase.value}: {s.message}"
                         assert s.changes == [] and s.approvals.received == [], s

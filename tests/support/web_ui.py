@@ -52,6 +52,7 @@ async def _choose_and_send(page, modal, select, name: str, body: dict) -> None:
     await modal.get_by_role("option", name=name, exact=True).click()
     editor = modal.locator(".cm-content")
     await editor.click()
+    await page.keyboard.press("Control+a")  # the modal keeps the last input sent from this page: replace it
     await page.keyboard.insert_text(json.dumps(body))
     await editor.blur()  # let the editor commit and reformat before submitting
     await modal.get_by_test_id("confirm-modal-button").click()
