@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -60,6 +61,28 @@ def config_error(what: str, e: BaseException) -> ApplicationError:
                             type="AwsConfigError", non_retryable=True)
 
 
+_LOADERS: dict[Any, Any] = {}  # botocore's model loader per data path, shared by this process's sessions
+_LOADERS_LOCK = threading.Lock()
+
+
+def new_session(region: str | None) -> boto3.session.Session:
+    """A boto3 session (credentials, profile and region from the environment, as boto3's own) whose
+    model loader is the process's: botocore reads and parses its JSON models (endpoints.json, each
+    service's API) once per loader, so a process that builds more than one worker (the tests, make
+    bench) parsed them again for each one, about 0.2 s of CPU a worker."""
+    core = botocore.session.get_session()
+    data_path = core.get_config_variable("data_path")
+    with _LOADERS_LOCK:
+        loader = _LOADERS.get(data_path)
+        if loader is None:
+            loader = _LOADERS[data_path] = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", loader)
+        session = boto3.session.Session(botocore_session=core, region_name=region)
+        loader.search_paths[:] = dict.fromkeys(loader.search_paths)  # boto3 adds its data folder each time
+    return session
+
+
 class AwsClients:
     """One boto3 session per worker; clients made once each (boto3 clients are thread-safe).
 
@@ -98,7 +121,7 @@ class AwsClients:
             if key not in self._clients:
                 try:
                     if self._session is None:
-                        self._session = boto3.session.Session(region_name=self._region)
+                        self._session = new_session(self._region)
                     self._clients[key] = self._session.client(service, config=config)
                 except CONFIG_ERRORS as e:
                     raise config_error(f"{service} client", e) from None

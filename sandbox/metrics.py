@@ -93,10 +93,11 @@ def backfill(cloudwatch: Any, now: datetime | None = None) -> None:
     _put(cloudwatch, BUSINESS_NAMESPACE, [_bookings(BOOKINGS, at) for at in minutes + week_ago])
 
 
-def emit_once(endpoint_url: str, region: str = REGION) -> list[str]:
-    """Put one datapoint per metric and version now; returns the versions covered."""
+def emit_once(endpoint_url: str, region: str = REGION, known: dict[str, str] | None = None) -> list[str]:
+    """Put one datapoint per metric and version now; returns the versions covered. ``known``: as for
+    ``family_versions`` (revisions already described, kept by a caller that emits again)."""
     return _emit(client("ecs", endpoint_url, region), client("cloudwatch", endpoint_url, region),
-                 client("appconfigdata", endpoint_url, region))
+                 client("appconfigdata", endpoint_url, region), known)
 
 
 class MetricsEmitter:

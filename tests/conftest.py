@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Iterator, Mapping
 
@@ -41,7 +41,6 @@ from sandbox import aws_env
 from sandbox.catalog import DIRECTORY, catalog_dict
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import Fleet, seed
-from sandbox.fleet import client as aws_client
 from sandbox.metrics import backfill, emit_once
 from sandbox.moto_server import reset
 from sandbox.oidc import PERSON_CLAIM, SandboxIssuer
@@ -71,6 +70,8 @@ class Aws:
     fleet: Fleet | None = None
     seeded_at: tuple[int, float] = (-1, 0.0)  # (faults.mutations, monotonic time) after the last seed
     seed_snapshot: tuple[bytes, float] | None = None  # moto as seeded (no metrics), and when it was seeded
+    revisions: dict[str, str] = field(default_factory=dict)  # the seeded task definitions' ARN -> version
+    clients: dict[str, object] = field(default_factory=dict)  # client() made once per service
     fingerprint: tuple = ()  # fingerprint() after the last seed
 
     def seed_anew(self) -> None:
@@ -81,10 +82,13 @@ class Aws:
         return id_token(person, **claims)
 
     def client(self, service: str):
-        import boto3
+        """A boto3 client for this moto (made once per service: boto3 clients are thread-safe)."""
+        if service not in self.clients:
+            import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+            self.clients[service] = boto3.client(service, endpoint_url=self.endpoint_url, region_name="us-east-1",
+                                                 aws_access_key_id="testing", aws_secret_access_key="testing")
+        return self.clients[service]
 
 
 _issuer: SandboxIssuer | None = None  # the session's identity provider, served by the current test's endpoints
@@ -153,13 +157,13 @@ def aws_server() -> Iterator[Aws]:
     shutdown()
 
 
-def fingerprint(endpoint_url: str) -> tuple:
+def fingerprint(aws: Aws) -> tuple:
     """Ids moto picks at random when the fleet is seeded. moto's backends belong to the process: another
     moto in it (tests/test_sandbox.py's sandbox, a stand-in's restart test) resets and reseeds them without
     a call through this server's counting layer, and then these differ (a reused fleet would not be ours)."""
-    apps = aws_client("appconfig", endpoint_url).list_applications()["Items"]
-    dists = aws_client("cloudfront", endpoint_url).list_distributions()["DistributionList"].get("Items", [])
-    balancers = aws_client("elbv2", endpoint_url).describe_load_balancers()["LoadBalancers"]
+    apps = aws.client("appconfig").list_applications()["Items"]
+    dists = aws.client("cloudfront").list_distributions()["DistributionList"].get("Items", [])
+    balancers = aws.client("elbv2").describe_load_balancers()["LoadBalancers"]
     return (tuple(sorted(a["Id"] for a in apps)), tuple(sorted(d["Id"] for d in dists)),
             tuple(sorted(b["LoadBalancerArn"] for b in balancers)))
 
@@ -180,7 +184,7 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
     faults = aws_server.faults
     fresh = aws_server.fleet is not None and faults.mutations == aws_server.seeded_at[0] \
         and time.monotonic() - aws_server.seeded_at[1] < RESEED_AFTER \
-        and fingerprint(aws_server.endpoint_url) == aws_server.fingerprint
+        and fingerprint(aws_server) == aws_server.fingerprint
     if not fresh:
         reset(aws_server.endpoint_url)
         kept = aws_server.seed_snapshot
@@ -189,9 +193,10 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
         else:
             aws_server.fleet = seed(aws_server.endpoint_url)
             aws_server.seed_snapshot = (snapshot(faults.appconfig), time.monotonic())
-        backfill(aws_client("cloudwatch", aws_server.endpoint_url))
-        emit_once(aws_server.endpoint_url)
-        aws_server.fingerprint = fingerprint(aws_server.endpoint_url)
+            aws_server.revisions = {}  # a new seed's revisions (the same ARNs may be other versions)
+        backfill(aws_server.client("cloudwatch"))
+        emit_once(aws_server.endpoint_url, known=aws_server.revisions)  # the family is as seeded here
+        aws_server.fingerprint = fingerprint(aws_server)
         aws_server.seeded_at = (faults.mutations, time.monotonic())
     endpoints = EndpointServer(aws_server.endpoint_url, aws_server.fleet, port=0, issuer=aws_server.issuer)
     endpoints.start()
