@@ -37,6 +37,17 @@ async def wait_phase(handle: WorkflowHandle, phase: str, timeout: float = 30) ->
     return await wait_for(handle, lambda s: s.phase.value == phase, timeout, f"phase {phase}")
 
 
+async def no_pending_activities(handle: WorkflowHandle, timeout: float = 30) -> None:
+    """Wait until the run has no activity in flight (e.g. the approval request posted beside the wait).
+    Before a cancel on the time-skipping server: cancelling an activity in flight there can answer
+    ACTIVITY_UNKNOWN and leave the run hanging (temporalio/sdk-java#2391; the dev server is fine, and
+    tests/test_cancel.py cancels mid-announcement there)."""
+    deadline = time.monotonic() + timeout
+    while (await handle.describe()).raw_description.pending_activities:
+        assert time.monotonic() < deadline, f"activities still in flight after {timeout:g} s"
+        await asyncio.sleep(0.1)
+
+
 def running_revision(aws, service: str = "api-service") -> tuple[int, str]:
     ecs = aws.client("ecs")
     svc = ecs.describe_services(cluster="rastup-prod", services=[service])["services"][0]

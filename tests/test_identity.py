@@ -11,6 +11,8 @@ nothing, changes nothing in AWS, and is recorded with its reason.
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 import uuid
 from datetime import timedelta
@@ -31,7 +33,7 @@ from common.models import Decision, DecisionRequest, Escalation, RollbackStatus,
 from common.settings import Settings
 from sandbox.catalog import alert_rules
 from tests.conftest import AUTOMATION_KEY, RunCatalog, id_token, in_process_worker, write_catalog
-from tests.helpers import bad_metric, new_id, running_revision, status_of, wait_for, wait_phase
+from tests.helpers import bad_metric, new_id, no_pending_activities, running_revision, status_of, wait_for, wait_phase
 from tests.support.recorder import Recorder
 from worker import build_worker
 from workflows.flags import FeatureFlagRollback
@@ -56,9 +58,10 @@ async def start(env, worker, req, wf_id: str | None = None):
 
 async def cancelled(handle) -> None:
     """Cancel, and wait until the run has closed (and so let go of its target)."""
+    await no_pending_activities(handle)
     await handle.cancel()
     with pytest.raises(WorkflowFailureError):
-        await handle.result()
+        await asyncio.wait_for(handle.result(), 60)
 
 
 def unchanged(aws) -> None:

@@ -3,6 +3,7 @@ cancellation and dry runs. Time-skipping server; moto and the sandbox endpoints 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -10,7 +11,8 @@ from temporalio.client import WorkflowFailureError
 
 from common.models import Decision, RollbackStatus, ServiceRollbackInput
 from tests.conftest import id_token, in_process_worker
-from tests.helpers import bad_metric, failure_text, new_id, running_revision, status_of, wait_for, wait_phase
+from tests.helpers import (bad_metric, failure_text, new_id, no_pending_activities, running_revision, status_of,
+                           wait_for, wait_phase)
 from workflows.service import ServiceRollback
 
 
@@ -149,9 +151,10 @@ async def test_cancel_stops_changes_and_records_state(ts_env, aws, catalog):
         handle = await ts_env.client.start_workflow(
             ServiceRollback.run, request(catalog.api, requested_by="zoe"), id=new_id(), task_queue=worker.task_queue)
         await wait_phase(handle, "awaiting_approval")
+        await no_pending_activities(handle)
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
-            await handle.result()
+            await asyncio.wait_for(handle.result(), 60)
         s = await status_of(handle)
     assert s.phase.value == "cancelled"
     assert "no further changes" in s.message and "Identify previous stable version" in s.message
