@@ -12,7 +12,6 @@ nothing, changes nothing in AWS, and is recorded with its reason.
 from __future__ import annotations
 
 import asyncio
-
 import time
 import uuid
 from datetime import timedelta
