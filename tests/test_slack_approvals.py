@@ -53,21 +53,13 @@ class SlackApp:
                 "X-Slack-Signature": SignatureVerifier(secret).generate_signature(timestamp=stamp, body=body)}
 
 
-async def answered(slack: Recorder, path: str, timeout: float = 30) -> dict:
+async def answered(slack: Recorder, path: str, text: str = "", timeout: float = 30) -> dict:
+    """The latest message posted to ``path`` (whose text has ``text``), once one arrives."""
     deadline = time.monotonic() + timeout
-    while not slack.at(path):
-        assert time.monotonic() < deadline, f"nothing posted to {path}"
+    while not (found := [r.body for r in slack.at(path) if text in r.body.get("text", "")]):
+        assert time.monotonic() < deadline, f"nothing with {text!r} posted to {path}"
         await asyncio.sleep(0.1)
-    return slack.at(path)[-1].body
-
-
-async def posted(slack: Recorder, path: str, text: str, timeout: float = 30) -> dict:
-    """The first message posted to ``path`` whose text has ``text``, once it arrives."""
-    deadline = time.monotonic() + timeout
-    while not (found := [r.body for r in slack.at(path) if text in r.body["text"]]):
-        assert time.monotonic() < deadline, f"no message with {text!r} posted to {path}"
-        await asyncio.sleep(0.1)
-    return found[0]
+    return found[-1]
 
 
 async def test_approvals_from_slack_buttons_are_verified_and_forged_ones_count_for_nothing(
@@ -84,7 +76,7 @@ async def test_approvals_from_slack_buttons_are_verified_and_forged_ones_count_f
                 service=svc, severity="SEV-0", requested_by="zoe", reason="error rate after v1.2.3",
                 monitor_minutes=0.05, id_token=id_token("zoe")), id=wf_id, task_queue=worker.task_queue)
             await wait_phase(handle, "awaiting_approval")
-            ask = await posted(slack, "/webhook", "needs approval")  # announced alongside the wait, not before
+            ask = await answered(slack, "/webhook", "needs approval")  # announced alongside the wait, not before
             app = SlackApp(ask, f"{slack.url}/response")
             assert app.value == f"{wf_id}/{handle.result_run_id}"  # the buttons name this run
             post = "/slack/interactions"
