@@ -21,7 +21,7 @@ from activities.temporal_locks import lock_id
 from common.models import ServiceRollbackInput
 from sandbox import aws_env
 from tests.conftest import id_token, in_process_worker
-from tests.helpers import running_revision, wait_phase
+from tests.helpers import replay_failure, running_revision, wait_phase
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = (43, "v1.2.3")  # what the seeded fleet runs
@@ -338,6 +338,14 @@ async def test_escalate_and_approve_right_after_start(dev_env, aws, fast_catalog
             code, out, err = await cli("escalate", svc, "--severity", "SEV-4", "--as", "dana", "--reason", "x", env=env)
             assert code == 1
             assert "has already ended (cancelled); nothing to escalate" in err
+            # a worker restarted now would replay it: decisions sent while the first steps ran (proved in their
+            # handlers) once left a history that failed replay (TMPRL1100: wedged; workflows/base.py HANDLER_PROOFS)
+            handle = dev_env.client.get_workflow_handle(wid(svc))
+            assert await replay_failure(handle) is None
+            events = (await handle.fetch_history()).events
+            scheduled = [e.activity_task_scheduled_event_attributes.activity_type.name for e in events
+                         if e.HasField("activity_task_scheduled_event_attributes")]
+            assert scheduled.count("verify_identity") >= 4, scheduled  # each escalation and approval: an activity
         finally:
             await stop(dev_env.client, wid(svc))
 

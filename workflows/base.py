@@ -59,6 +59,12 @@ MONITOR_EVIDENCE = "monitor-evidence"
 # recorded, so whoever comes next learns why a rollback was stopped. Slack's Reject button carries no text
 # (its thread in #incidents does): a signed click still counts.
 REJECT_NEEDS_REASON = "reject-needs-reason"
+# A decision's proof is checked by a regular activity in signal and update handlers, never a local one. A
+# local activity's result reaches its handler at a wall-clock moment on the first run and at another on
+# replay, so a handler resuming beside the procedure's own steps could order its commands differently:
+# an escalation sent right after a start left a run that failed replay (TMPRL1100) and so wedged after a
+# worker restart (the SDK's bug: temporalio/sdk-python#1573). Runs recorded before replay as they ran.
+HANDLER_PROOFS = "handler-proofs-as-activities"
 NO_REJECT_REASON = ('a rejection needs a reason: say why, so the next person knows ("reason" in the signal, '
                     'or starter.py reject --reason)')
 MAX_REFUSALS = 100  # outsiders can send any number of forged decisions: the status keeps the latest
@@ -167,7 +173,7 @@ class RollbackWorkflow:
         ticket = self._take_ticket()
         announce = None
         try:
-            proven = await self._prove(e.by, "escalate", id_token=e.id_token)
+            proven = await self._prove(e.by, "escalate", id_token=e.id_token, handler=True)
             await workflow.wait_condition(lambda: self._turn == ticket and (self.catalog is not None or self._ending))
             announce = self._apply_escalation(e, proven)
         finally:
@@ -209,14 +215,16 @@ class RollbackWorkflow:
 
     async def _prove(self, claimed: str, action: Action, *, id_token: str | None = None,
                      slack: SlackCallback | None = None, automation_token: str | None = None,
-                     kind: str = "", target: str = "", digest: str = "") -> Verified:
-        """The verification activity's answer; a check that cannot run refuses, saying why."""
+                     kind: str = "", target: str = "", digest: str = "", handler: bool = False) -> Verified:
+        """The verification activity's answer; a check that cannot run refuses, saying why. ``handler``: asked
+        from a signal or update handler, where it is never a local activity (HANDLER_PROOFS)."""
         info = workflow.info()
         check = ProofCheck(claimed=claimed, action=action, workflow_id=info.workflow_id, run_id=info.run_id,
                            id_token=id_token, slack=slack, automation_token=automation_token, kind=kind,
                            target=target, request_digest=digest)
+        local = self._fast and not (handler and workflow.patched(HANDLER_PROOFS))
         try:
-            return await (read if self._fast else call)(IdentityActivities.verify_identity, check, options=VERIFY)
+            return await (read if local else call)(IdentityActivities.verify_identity, check, options=VERIFY)
         except FailureError as e:
             if is_cancelled_exception(e):
                 raise
@@ -273,7 +281,8 @@ class RollbackWorkflow:
             return self._apply_decision(what, d, None)
         ticket = self._take_ticket()
         try:
-            proven = await self._prove(d.approver, what, id_token=d.id_token, slack=d.slack)  # type: ignore[arg-type]
+            proven = await self._prove(d.approver, what, id_token=d.id_token, slack=d.slack,  # type: ignore[arg-type]
+                                       handler=True)
             await workflow.wait_condition(lambda: self._turn == ticket)
             return self._apply_decision(what, d, proven)
         finally:
