@@ -21,12 +21,12 @@ install: $(STAMP)
 bytecode: $(STAMP)
 	@$(PY) -m compileall -q common activities workflows sandbox worker.py starter.py receiver.py
 
-## Debian's Chromium for tests/test_web_ui.py (a real browser on the Web UI), when missing and we can
-## (root with apt-get, as in CI); elsewhere that test skips, saying why.
+## Debian's Chromium headless shell for tests/test_web_ui*.py (a real browser on the Web UI), when missing
+## and we can (root with apt-get, as in CI); elsewhere those tests use /usr/bin/chromium or skip, saying why.
 chromium:
-	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's chromium for tests/test_web_ui.py"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	@if [ ! -x /usr/bin/chromium-headless-shell ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium-headless-shell for tests/test_web_ui.py"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell; \
 	fi
 
 ## Debian's Prometheus for tests/test_prometheus.py (the Prometheus metric provider against a real
