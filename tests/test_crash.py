@@ -192,7 +192,7 @@ async def test_kill_during_a_large_sync_resumes_from_the_heartbeat(dev_env, aws,
     from sandbox.frontend_fleet import SITE_BUCKET, VERSIONS_BUCKET
     from workflows.frontend import FrontendRollback
 
-    n = 2000
+    n = 1000  # ten heartbeats of 100; the kill lands after four or more (CopyObject >= 400)
     s3 = aws.client("s3")
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: s3.put_object(Bucket=VERSIONS_BUCKET, Key=f"v9.9.9/assets/{i:05d}.js",
