@@ -167,9 +167,10 @@ async def test_cancel_during_monitoring_keeps_the_good_version(ts_env, aws, cata
         handle = await ts_env.client.start_workflow(
             ServiceRollback.run, request(catalog.api), id=new_id(), task_queue=worker.task_queue)
         await wait_phase(handle, "monitoring", timeout=60)
+        await no_pending_activities(handle)  # between rounds of checks (temporalio/sdk-java#2391, tests/helpers.py)
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
-            await handle.result()
+            await asyncio.wait_for(handle.result(), 60)
         s = await status_of(handle)
     assert s.phase.value == "cancelled"
     assert running_revision(aws) == (42, "v1.2.2")
