@@ -215,6 +215,31 @@ async def test_record_fast_path(ts_env, aws, catalog):
         await save(h, "fast_path_lambda_fleet_succeeded")
 
 
+async def test_record_handler_proofs(ts_env, aws, catalog):
+    """Decisions proved by a regular activity in their handlers (handler-proofs-as-activities): an
+    escalation to SEV-0, then its two approvals, each with the person's ID token.
+
+        .venv/bin/python -m pytest tests/record_histories.py -k handler_proofs
+    """
+    from common.models import Escalation
+    from tests.conftest import id_token
+
+    async with in_process_worker(ts_env.client, catalog) as worker:
+        h = await ts_env.client.start_workflow(
+            ServiceRollback.run, req(catalog.api, severity="SEV-1", requested_by="zoe", id_token=id_token("zoe"),
+                                     monitor_minutes=5),
+            id="rec-handler-proofs", task_queue=worker.task_queue)
+        await wait_phase(h, "awaiting_approval")
+        await h.signal(ServiceRollback.escalate, Escalation(severity="SEV-0", by="dana", reason="worse",
+                                                           id_token=id_token("dana")))
+        for person in ("alice", "bob"):
+            await h.signal(ServiceRollback.approve, Decision(approver=person, id_token=id_token(person)))
+        result = await h.result()
+        assert result.phase.value == "succeeded", result.message
+        assert result.severity == "SEV-0" and sorted(a.approver for a in result.approvals.received) == ["alice", "bob"]
+        await save(h, "handler_proofs_escalated_approved")
+
+
 async def test_record_release(ts_env, aws, catalog):
     """A release rolled back under one approval (ReleaseRollback, issue 15): the release's history and
     one of its components' (approved by the release, announcing nothing itself). Only these files:
