@@ -65,6 +65,8 @@ class Timeline:
             for step in self._running(steps):
                 self._end(step, StepState.cancelled, step.detail or "cancelled")
             raise
+        except GeneratorExit:  # the worker dropped this run from its cache (it stopped, or evicted it): the run
+            raise  # goes on elsewhere from its history, and here is no workflow context left to record in
         except BaseException as e:
             for step in self._running(steps):
                 self._end(step, StepState.failed, innermost_message(e))
