@@ -48,16 +48,20 @@ async def no_pending_activities(handle: WorkflowHandle, timeout: float = 30) -> 
         await asyncio.sleep(0.1)
 
 
-async def replay_failure(handle: WorkflowHandle) -> Exception | None:
-    """What a restarted worker meets when it picks this run up again: its history replayed on the current
-    workflow code (None: it replays; otherwise the run would be wedged, e.g. TMPRL1100 nondeterminism)."""
+def replayer():
+    """A Replayer for the worker's workflows, as the worker runs them (sandbox, data converter)."""
     from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.worker import Replayer
 
     from worker import WORKFLOW_RUNNER, WORKFLOWS
 
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER)
-    result = await replayer.replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
+    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=WORKFLOW_RUNNER)
+
+
+async def replay_failure(handle: WorkflowHandle) -> Exception | None:
+    """What a restarted worker meets when it picks this run up again: its history replayed on the current
+    workflow code (None: it replays; otherwise the run would be wedged, e.g. TMPRL1100 nondeterminism)."""
+    result = await replayer().replay_workflow(await handle.fetch_history(), raise_on_replay_failure=False)
     return result.replay_failure
 
 

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
-from worker import WORKFLOW_RUNNER, WORKFLOWS
+from tests.helpers import replayer
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -23,5 +21,4 @@ def test_histories_are_present():
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_history_replays_on_current_code(path: Path):
     history = WorkflowHistory.from_json(path.stem, path.read_text())
-    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter,
-                   workflow_runner=WORKFLOW_RUNNER).replay_workflow(history)
+    await replayer().replay_workflow(history)

@@ -68,10 +68,6 @@ class Forked:
             except ProcessLookupError:
                 pass
 
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
-
 
 _helper: tuple[subprocess.Popen, str] | None = None
 
