@@ -43,7 +43,10 @@ async def no_pending_activities(handle: WorkflowHandle, timeout: float = 30) -> 
     ACTIVITY_UNKNOWN and leave the run hanging (temporalio/sdk-java#2391; the dev server is fine, and
     tests/test_cancel.py cancels mid-announcement there)."""
     deadline = time.monotonic() + timeout
-    while (await handle.describe()).raw_description.pending_activities:
+    while True:  # idle: no activity in flight and no workflow task pending (which could schedule one now)
+        d = (await handle.describe()).raw_description
+        if not d.pending_activities and not d.HasField("pending_workflow_task"):
+            return
         assert time.monotonic() < deadline, f"activities still in flight after {timeout:g} s"
         await asyncio.sleep(0.1)
 
