@@ -26,6 +26,8 @@ Every service has desiredCount ``DESIRED_COUNT``; moto must run with
 
 from __future__ import annotations
 
+import functools
+
 import json
 from typing import Any
 
@@ -91,9 +93,12 @@ class Fleet(BaseModel):
                 self.green_target_group_arn: GREEN_SERVICE}[target_group_arn]
 
 
+@functools.lru_cache(maxsize=128)
 def client(service: str, endpoint_url: str, region: str = REGION, threads: int = 10) -> Any:
     """A boto3 client for moto: fake credentials, and few retries so mistakes fail fast; a pool for
-    ``threads`` threads sharing it."""
+    ``threads`` threads sharing it. Made once per service, endpoint, region and pool size (a client is
+    thread-safe, and making one costs tens of milliseconds of CPU: the endpoints and the metric emitter
+    of every sandbox and test ask for them)."""
     return boto3.client(service, endpoint_url=endpoint_url, region_name=region,
                         aws_access_key_id="testing", aws_secret_access_key="testing",
                         config=Config(retries={"mode": "standard", "max_attempts": 2},

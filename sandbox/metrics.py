@@ -83,14 +83,21 @@ def _emit(ecs: Any, cloudwatch: Any, appconfigdata: Any, known: dict[str, str] |
     return versions
 
 
-def backfill(cloudwatch: Any, now: datetime | None = None) -> None:
+def backfill(cloudwatch: Any, now: datetime | None = None, after: datetime | None = None) -> datetime:
     """The last HISTORY_MINUTES, a datapoint a minute, of the good and the bad release and of
-    healthy bookings, and healthy bookings for the same hour one week earlier."""
+    healthy bookings, and healthy bookings for the same hour one week earlier. ``after``: what an
+    earlier backfill into the same CloudWatch returned; only the minutes since then are put. Returns
+    the minute it filled up to (to pass as ``after`` next time)."""
     now = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
     minutes = [now - timedelta(minutes=m) for m in range(HISTORY_MINUTES, 0, -1)]
+    week = timedelta(days=7)
+    week_ago = [at - week for at in minutes] + [now - week + timedelta(minutes=m) for m in range(10)]
+    if after is not None:  # what a backfill at ``after`` put: its HISTORY_MINUTES, and a week before, 10 more
+        minutes = [at for at in minutes if at >= after]
+        week_ago = [at for at in week_ago if at >= after - week + timedelta(minutes=10)]
     _put(cloudwatch, NAMESPACE, [d for at in minutes for v in (GOOD_VERSION, BAD_VERSION) for d in _datums(v, at)])
-    week_ago = [at - timedelta(days=7) for at in minutes] + [now - timedelta(days=7, minutes=-m) for m in range(10)]
     _put(cloudwatch, BUSINESS_NAMESPACE, [_bookings(BOOKINGS, at) for at in minutes + week_ago])
+    return now
 
 
 def emit_once(endpoint_url: str, region: str = REGION, known: dict[str, str] | None = None) -> list[str]:

@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import AsyncIterator, Iterator, Mapping
 
@@ -42,7 +43,6 @@ from sandbox.catalog import DIRECTORY, catalog_dict
 from sandbox.endpoints import EndpointServer
 from sandbox.fleet import Fleet, seed
 from sandbox.metrics import backfill, emit_once
-from sandbox.moto_server import reset
 from sandbox.oidc import PERSON_CLAIM, SandboxIssuer
 from sandbox.state import load, snapshot
 from tests.support.moto_faults import FaultyMoto
@@ -69,7 +69,8 @@ class Aws:
     issuer: SandboxIssuer
     fleet: Fleet | None = None
     seeded_at: tuple[int, float] = (-1, 0.0)  # (faults.mutations, monotonic time) after the last seed
-    seed_snapshot: tuple[bytes, float] | None = None  # moto as seeded (no metrics), and when it was seeded
+    # moto as seeded with its metric history, when it was seeded, and the minute the history runs up to
+    seed_snapshot: tuple[bytes, float, datetime] | None = None
     revisions: dict[str, str] = field(default_factory=dict)  # the seeded task definitions' ARN -> version
     clients: dict[str, object] = field(default_factory=dict)  # client() made once per service
     fingerprint: tuple = ()  # fingerprint() after the last seed
@@ -186,15 +187,16 @@ def aws(aws_server: Aws) -> Iterator[Aws]:
         and time.monotonic() - aws_server.seeded_at[1] < RESEED_AFTER \
         and fingerprint(aws_server) == aws_server.fingerprint
     if not fresh:
-        reset(aws_server.endpoint_url)
+        faults.reset()
         kept = aws_server.seed_snapshot
         if kept and time.monotonic() - kept[1] < SNAPSHOT_FOR:
             load(kept[0], faults.appconfig)
+            backfill(aws_server.client("cloudwatch"), after=kept[2])  # the minutes since the snapshot
         else:
             aws_server.fleet = seed(aws_server.endpoint_url)
-            aws_server.seed_snapshot = (snapshot(faults.appconfig), time.monotonic())
+            filled = backfill(aws_server.client("cloudwatch"))
+            aws_server.seed_snapshot = (snapshot(faults.appconfig), time.monotonic(), filled)
             aws_server.revisions = {}  # a new seed's revisions (the same ARNs may be other versions)
-        backfill(aws_server.client("cloudwatch"))
         emit_once(aws_server.endpoint_url, known=aws_server.revisions)  # the family is as seeded here
         aws_server.fingerprint = fingerprint(aws_server)
         aws_server.seeded_at = (faults.mutations, time.monotonic())
@@ -317,3 +319,4 @@ LONGEST_FIRST = [
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+

@@ -36,7 +36,6 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from common.models import RollbackStatus
-from sandbox.moto_server import reset
 from sandbox.oidc import IssuerServer, SandboxIssuer, load_or_create_key
 from tests.fixtures.infra import DIRECTORY, TERRAFORM, TF_ENV, build_infra_repo
 from tests.support import checkout_fleet as shop_fleet
@@ -122,7 +121,7 @@ def write_catalog(path: Path, shop: Checkout, http: str, repo: Path, work: Path,
 
 @pytest.fixture()
 def deployment(dev_env, aws_server, tmp_path) -> Iterator[Deployment]:
-    reset(aws_server.endpoint_url)
+    aws_server.faults.reset()
     aws_server.faults.clear()
     shop = shop_fleet.seed(aws_server.endpoint_url)
     endpoints = CheckoutEndpoints(shop)

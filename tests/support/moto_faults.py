@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
+from moto.core.base_backend import BackendDict, BaseBackend, backend_lock
+from moto.core.model_instances import reset_model_data
 from moto.moto_server.werkzeug_app import MotoRequestHandler
 from werkzeug.serving import make_server
 
@@ -66,6 +68,26 @@ class FaultyMoto:
         with self._lock:
             self.calls.clear()
             self.faults.clear()
+
+    def reset(self) -> None:
+        """What ``POST /moto-api/reset`` does (moto and the AppConfig stand-in forget everything), done in
+        this process, where the server runs, without moto's wasted work: its reset builds every region's
+        backend anew (EC2's default VPCs and AMI catalog among them) and then throws them all away,
+        about 90 ms a test. Here only backends that hold something outside themselves (S3's open key
+        files) run their own reset; the rest are dropped, and moto builds them again when first used."""
+        with self._lock:
+            self.mutations += 1
+        with backend_lock:
+            for backends in BackendDict._instances:  # noqa: SLF001 (moto's registry of backends in use)
+                for per_account in backends.values():
+                    for backend in per_account.values():
+                        if type(backend).reset is not BaseBackend.reset:
+                            backend.reset()
+                backends.clear()
+            BackendDict._instances.clear()  # noqa: SLF001
+            reset_model_data()
+        if self.appconfig is not None:
+            self.appconfig.reset()
 
     def _action(self, environ: dict) -> str:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
