@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from urllib.parse import quote
 
 import yaml
 
@@ -30,7 +29,7 @@ from tests.fixtures.infra import build_infra_repo
 from tests.helpers import new_id, wait_for, wait_phase
 from tests.test_infra import with_stack
 from tests.test_release import with_release
-from tests.support.web_ui import screenshot_on_failure, send_update, start_from_form
+from tests.support.web_ui import screenshot_on_failure, send_update, start_from_form, to_the_list
 from tests.test_web_ui import chromium, open_page, ui_env  # noqa: F401 (fixtures)
 
 # release first: it rolls back the api, the indexer, the site and a flag, before their own kinds move them
@@ -81,15 +80,16 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
         browser, page = await open_page(pw, chromium)
 
         async def open_from_the_list(wf_id: str) -> None:
-            """Find the rollback in the list filtered to rollbacks and open it, as an engineer would."""
+            """Find the rollback in the list filtered to rollbacks and open it, as an engineer would: back to
+            the list from the page they are on (the list keeps its filter), then the rollback's row."""
             row = page.get_by_role("link", name=wf_id, exact=True)
+            await to_the_list(page, base, ROLLBACKS_ONLY)
             for _ in range(10):  # visibility is eventually consistent
-                await page.goto(f"{base}/namespaces/default/workflows?query={quote(ROLLBACKS_ONLY)}", wait_until="load")
                 try:
                     await expect(row).to_have_count(1, timeout=2_000)
                     break
                 except AssertionError:
-                    pass
+                    await page.reload(wait_until="load")
             await expect(row).to_have_count(1)
             await row.click()
             await page.wait_for_url(re.compile(f"/workflows/{re.escape(wf_id)}/"), wait_until="load")
@@ -115,7 +115,7 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
                         for person in approvers(kind):
                             await send_update(page, "decide", {"decision": "approve", "approver": person,
                                                                "id_token": id_token(person)})
-                        await page.goto("about:blank")  # a page left open re-renders every new event: CPU
+                        await to_the_list(page, base, ROLLBACKS_ONLY)  # its page would re-render each new event
                         s = await wait_for(handle, lambda s: s.phase.value in FINAL, 120, f"{kind} to end")
                         assert s.phase.value == "succeeded", f"{kind}: {s.phase.value}: {s.message}"
                         assert sorted(a.approver for a in s.approvals.received) == approvers(kind)
@@ -127,7 +127,7 @@ async def test_every_kind_from_the_web_ui(chromium, ui_env, aws, fast_catalog, t
                         s = await wait_for(handle, lambda s: s.phase.value in FINAL, 60, f"{kind} to end")
                         assert s.phase.value == "cancelled", f"{kind}: {s.phase.value}: {s.message}"
                         assert s.changes == [] and s.approvals.received == [], s
-                        await page.goto(f"{base}/namespaces/default/workflows/{quote(wf_id)}", wait_until="load")
+                        await open_from_the_list(wf_id)
                         await expect(page.get_by_test_id("execution-status").first).to_have_text(
                             re.compile("cancel", re.I))
                     outcomes[kind] = s.phase.value
