@@ -385,6 +385,7 @@ class RollbackWorkflow:
         for ev in self._early_evidence:
             self.add_evidence(ev)
         self.s.evidence_received += self._early_evidence_count - len(self._early_evidence)
+        closed = False
         try:
             if self._fast:
                 self.catalog = await read(CatalogActivities.catalog_for, self.catalog_scope(request, target))
@@ -416,8 +417,12 @@ class RollbackWorkflow:
             # a release rollback's component hands its whole status to the release (its report)
             details = [bounds.fit(self.s).model_dump(mode="json")] if self.part_of else []
             raise ApplicationError(self.s.message, *details, type=type(e).__name__, non_retryable=True) from None
+        except GeneratorExit:  # the run's coroutine closed without an eviction (a worker or test server gone):
+            closed = True  # the run goes on elsewhere from its history; here no workflow context is left
+            raise
         finally:
-            await self._release_lock()
+            if not closed:
+                await self._release_lock()
 
     async def begin(self, resources: list[str]) -> None:
         """The request is resolved (catalog entry, target version, plan): take the lock of every
