@@ -41,7 +41,7 @@ BUSINESS_NAMESPACE = "Rastup/Business"
 BOOKINGS = 100.0  # per minute, healthy
 BOOKINGS_WITH_NEW_FEATURE = 66.0  # while new_feature_enabled is served on: a third fewer (Scenario 4)
 HISTORY_MINUTES = 70
-_CHUNK = 20  # CloudWatch's historical per-call limit; safe everywhere
+_CHUNK = 1000  # CloudWatch's per-call limit (it was 20 until 2023; moto has none)
 
 
 def _datums(version: str, now: datetime) -> list[dict[str, Any]]:
@@ -60,7 +60,8 @@ def _bookings(value: float, at: datetime) -> dict[str, Any]:
             "Timestamp": at, "Unit": "Count", "Value": value}
 
 
-def _put(cloudwatch: Any, namespace: str, data: list[dict[str, Any]]) -> None:
+def put_datapoints(cloudwatch: Any, namespace: str, data: list[dict[str, Any]]) -> None:
+    """PutMetricData for any number of datapoints, as few calls as CloudWatch allows."""
     for i in range(0, len(data), _CHUNK):
         cloudwatch.put_metric_data(Namespace=namespace, MetricData=data[i:i + _CHUNK])
 
@@ -77,9 +78,9 @@ def new_feature_on(appconfigdata: Any) -> bool:
 def _emit(ecs: Any, cloudwatch: Any, appconfigdata: Any, known: dict[str, str] | None = None) -> list[str]:
     versions = family_versions(ecs, known=known)
     now = datetime.now(timezone.utc)
-    _put(cloudwatch, NAMESPACE, [d for v in versions for d in _datums(v, now)])
+    put_datapoints(cloudwatch, NAMESPACE, [d for v in versions for d in _datums(v, now)])
     bookings = BOOKINGS_WITH_NEW_FEATURE if new_feature_on(appconfigdata) else BOOKINGS
-    _put(cloudwatch, BUSINESS_NAMESPACE, [_bookings(bookings, now)])
+    put_datapoints(cloudwatch, BUSINESS_NAMESPACE, [_bookings(bookings, now)])
     return versions
 
 
@@ -95,8 +96,8 @@ def backfill(cloudwatch: Any, now: datetime | None = None, after: datetime | Non
     if after is not None:  # what a backfill at ``after`` put: its HISTORY_MINUTES, and a week before, 10 more
         minutes = [at for at in minutes if at >= after]
         week_ago = [at for at in week_ago if at >= after - week + timedelta(minutes=10)]
-    _put(cloudwatch, NAMESPACE, [d for at in minutes for v in (GOOD_VERSION, BAD_VERSION) for d in _datums(v, at)])
-    _put(cloudwatch, BUSINESS_NAMESPACE, [_bookings(BOOKINGS, at) for at in minutes + week_ago])
+    put_datapoints(cloudwatch, NAMESPACE, [d for at in minutes for v in (GOOD_VERSION, BAD_VERSION) for d in _datums(v, at)])
+    put_datapoints(cloudwatch, BUSINESS_NAMESPACE, [_bookings(BOOKINGS, at) for at in minutes + week_ago])
     return now
 
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 from temporalio.client import WorkflowHandle
 
 from common.models import RollbackStatus
+from sandbox.metrics import put_datapoints
 
 
 async def status_of(handle: WorkflowHandle) -> RollbackStatus | None:
@@ -108,6 +109,4 @@ def bad_metric(aws, namespace: str, metric: str, value: float, dimensions: dict[
     now = datetime.now(timezone.utc)
     data = [{"MetricName": metric, "Value": value, "Unit": unit, "Timestamp": now - timedelta(seconds=20 * i),
              "Dimensions": [{"Name": k, "Value": v} for k, v in dimensions.items()]} for i in range(points)]
-    cw = aws.client("cloudwatch")
-    for i in range(0, len(data), 20):
-        cw.put_metric_data(Namespace=namespace, MetricData=data[i:i + 20])
+    put_datapoints(aws.client("cloudwatch"), namespace, data)

@@ -18,6 +18,7 @@ from activities.metrics import Samples
 from common.catalog import MetricQuery
 from common.models import Decision, ServiceRollbackInput
 from common.policy import Policy
+from sandbox.metrics import put_datapoints
 from tests.conftest import RunCatalog, id_token, in_process_worker
 from tests.helpers import failure_text, new_id, status_of, wait_for, wait_phase
 from workflows.service import ServiceRollback
@@ -110,9 +111,7 @@ def put(aws, dims: dict[str, str], values: list[float], newest_minutes_ago: floa
     data = [{"MetricName": metric, "Value": v, "Unit": "None",
              "Timestamp": at - timedelta(minutes=newest_minutes_ago + (n - 1 - i)),
              "Dimensions": [{"Name": k, "Value": val} for k, val in dims.items()]} for i, v in enumerate(values)]
-    cw = aws.client("cloudwatch")
-    for i in range(0, len(data), 20):
-        cw.put_metric_data(Namespace=namespace, MetricData=data[i:i + 20])
+    put_datapoints(aws.client("cloudwatch"), namespace, data)
 
 
 def with_metrics(catalog: RunCatalog, service: str, metrics: list[dict], **entry) -> RunCatalog:

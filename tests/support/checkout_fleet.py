@@ -28,6 +28,7 @@ from typing import Any
 
 from sandbox.fleet import client
 from sandbox.lambda_fleet import ensure_function, use_simple_lambda
+from sandbox.metrics import put_datapoints
 
 CLUSTER, FAMILY, SERVICE, CONTAINER = "shop-prod", "checkout", "checkout-svc", "checkout"
 VERSIONS = {1: "v3.0.0", 2: "v3.1.0"}  # revision -> image tag; 2 is deployed
@@ -119,9 +120,7 @@ def emit_metrics(shop: Checkout, minutes: int = 70) -> None:
                                                   {"Name": "Version", "Value": version}],
              "Timestamp": now - timedelta(minutes=m), "Value": value, "Unit": "Percent"}
             for m in range(minutes, -1, -1) for version, value in ERROR_RATE.items()]
-    cw = shop.client("cloudwatch")
-    for i in range(0, len(data), 20):  # CloudWatch's per-call limit
-        cw.put_metric_data(Namespace=NAMESPACE, MetricData=data[i:i + 20])
+    put_datapoints(shop.client("cloudwatch"), NAMESPACE, data)
 
 
 def running_version(shop: Checkout) -> str:
