@@ -172,8 +172,10 @@ def fingerprint(aws: Aws) -> tuple:
 
 RESEED_AFTER = 60.0  # seconds: a fleet left as seeded is reused this long (its metrics stay recent)
 # seconds: a seeded fleet is put back from its snapshot this long, then seeded anew. Its deploys are as old
-# as the snapshot: tests' "now" datapoints land after them, as they would after a real deploy minutes ago.
-SNAPSHOT_FOR = 120.0
+# as the snapshot: tests' "now" datapoints land after them, as they would after a real deploy minutes ago,
+# and its metric history reaches back 70 minutes before them. A test that judges against a deploy made just
+# then asks for one (aws_server.seed_anew()). 10 minutes: a real seed is about 120 moto calls.
+SNAPSHOT_FOR = 600.0
 
 
 @pytest.fixture()
