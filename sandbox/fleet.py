@@ -27,7 +27,6 @@ Every service has desiredCount ``DESIRED_COUNT``; moto must run with
 from __future__ import annotations
 
 import functools
-
 import json
 from typing import Any
 

@@ -25,12 +25,12 @@ async def to_the_list(page, base: str, query: str | None = None) -> None:
         where = urlsplit(url)
         return where.path.rstrip("/") == path and (query is None or parse_qs(where.query).get("query") == [query])
 
-    if page.url.startswith(base) and a_list(page.url[len(base):]):
+    if page.url.startswith(base) and a_list(page.url):
         return
     back = page.get_by_test_id("back-to-workflows").first
     if page.url.startswith(base) and await back.count() and a_list(await back.get_attribute("href") or ""):
         await back.click()
-        await page.wait_for_url(lambda now: a_list(now))
+        await page.wait_for_url(a_list)
         return
     await page.goto(base + path + (f"?query={quote(query)}" if query else ""), wait_until="load")
 
