@@ -267,8 +267,9 @@ async def test_an_undecided_gate_pages_the_on_call_then_the_secondary_and_resolv
         await ts_env.sleep(timedelta(minutes=15))
         await wait_for(h, lambda s: any(a.action == "page the secondary on-call" for a in s.actions), 30,
                        "the second page")
+        await no_pending_activities(h)  # temporalio/sdk-java#2391: see tests/helpers.py
         await h.signal("approve", Decision(approver="dana", id_token=id_token("dana")))
-        s = RollbackStatus.model_validate(await h.result())
+        s = RollbackStatus.model_validate(await asyncio.wait_for(h.result(), 60))
     events = [r.body for r in outside.at(PD)]
     key = f"rollback/{h.id}/{h.result_run_id}"
     assert [(e["routing_key"], e["event_action"], e["dedup_key"]) for e in events] == [
@@ -290,8 +291,9 @@ async def test_sev0_has_no_response_time_so_nobody_is_paged(ts_env, aws, catalog
         await wait_phase(h, "awaiting_approval")
         await ts_env.sleep(timedelta(hours=3))
         await wait_for(h, lambda s: sum("reminder sent" in e.what for e in s.events) >= 2, 30, "reminders")
+        await no_pending_activities(h)  # temporalio/sdk-java#2391: see tests/helpers.py
         await h.signal("reject", Decision(approver="alice", id_token=id_token("alice"), reason="not needed"))
-        await h.result()
+        await asyncio.wait_for(h.result(), 60)
     assert outside.at(PD) == []
 
 
