@@ -27,6 +27,7 @@ from common.models import RollbackStatus, ServiceRollbackInput
 from sandbox import aws_env
 from tests.conftest import Aws, FAST_POLICY, id_token, write_catalog
 from tests.helpers import new_id, running_revision, wait_for
+from tests.support import prefork
 from workflows.service import ServiceRollback
 
 if TYPE_CHECKING:  # imported at run time, pytest would try to collect the class
@@ -58,8 +59,7 @@ def spawn_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], subproce
 
     def spawn(env: dict[str, str]) -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(procs) + 1}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = prefork.spawn_worker(env, stdout=log.fileno(), stderr=log.fileno())  # as Popen(start_new_session=True)
         log.close()  # the child holds its own descriptor
         procs.append(proc)
         return proc

@@ -33,6 +33,7 @@ from common import SEARCH_ATTRIBUTES
 from common.devserver import port_in_use
 from common.temporal import PHASE, TARGET
 from tests.helpers import stop_gently
+from tests.support import prefork
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW_ID = "rollback-service-api"
@@ -121,8 +122,7 @@ def start_worker(run: Run) -> Iterator[Callable[[], subprocess.Popen]]:
     def start() -> subprocess.Popen:
         run.starts += 1
         err = open(run.stderr_path(run.starts), "wb")
-        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=run.env,
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        proc = prefork.spawn_worker(run.env, stdout=None, stderr=err.fileno())  # as Popen(start_new_session=True)
         err.close()
         procs.append(proc)
         return proc

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from tests.helpers import stop_gently
+from tests.support import prefork
 from tests.test_make_run import ROOT, Run, _dev_servers_of, free_ports, version, wait_banner
 from tests.test_receiver import alertmanager
 
@@ -96,8 +97,7 @@ def sandbox(tmp_path_factory) -> Iterator[Sandbox]:
     (clone / ".data").symlink_to(run.data_dir)
     run.starts += 1
     with open(run.stderr_path(run.starts), "wb") as err:
-        proc = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=run.env, stdout=subprocess.DEVNULL,
-                                stderr=err, start_new_session=True)
+        proc = prefork.spawn_worker(run.env, stdout=None, stderr=err.fileno())  # as Popen(start_new_session=True)
     try:
         wait_banner(run, proc, timeout=90)
         yield Sandbox(run, clone, proc)
