@@ -287,6 +287,7 @@ async def serve() -> int:
                                                   log_file=settings.data_dir / "temporal.log")
                 stack.callback(devserver.stop, proc)
                 leftovers.record("the Temporal dev server", proc.pid, str(settings.data_dir / "temporal.db"))
+                await devserver.wait_until_serving(settings.dev_server_port)
         except FolderInUse as e:
             raise StartupError(str(e)) from None
         except (RuntimeError, OSError) as e:  # a port in use, a missing binary

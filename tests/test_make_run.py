@@ -26,6 +26,7 @@ import httpx
 import pytest
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -260,3 +261,24 @@ async def test_make_run_default_serves_a_rollback_stops_on_ctrl_c_and_keeps_hist
     # the sandbox's AWS, like Temporal's history, is as the rollback left it ('make reset' starts over)
     assert version(run) == "v1.2.2"
     assert stop_with_ctrl_c(proc) == 0
+
+
+async def test_the_worker_waits_for_the_dev_servers_frontend_not_just_its_port(tmp_path):
+    # Before: the worker went on once the embedded dev server's port opened; a call in the moment before its
+    # frontend served failed "Frontend is not healthy yet", and make run refused to start (exit 3, "cannot
+    # reach Temporal"), seen in the restart test on a loaded machine.
+    from common import devserver
+
+    port, ui_port = free_ports(2)
+    with pytest.raises(RuntimeError, match=f"the dev server on 127.0.0.1:{port} did not serve within 0.5s"):
+        await devserver.wait_until_serving(port, timeout=0.5)
+    waiting = asyncio.create_task(devserver.wait_until_serving(port, timeout=60))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # nothing serves there yet: it keeps asking
+    proc = devserver.start_dev_server(port, ui_port, tmp_path / "temporal.db", headless=True)
+    try:
+        await asyncio.wait_for(waiting, 60)
+        client = await Client.connect(f"127.0.0.1:{port}")  # and it answers, with no retry of ours
+        assert (await client.workflow_service.get_system_info(GetSystemInfoRequest())).server_version
+    finally:
+        devserver.stop(proc)
