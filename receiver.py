@@ -570,13 +570,26 @@ def create_app(client: Client, config: ReceiverConfig) -> FastAPI:
     return app
 
 
+# How long an idle kept-alive connection stays open: longer than the clients' and proxies' own idle
+# timeouts (an AWS load balancer's default is 60 s), so they close it, not us. With uvicorn's default of
+# 5 s, a request sent on a connection just as we closed it failed with a reset (seen as httpx.ReadError on
+# an Alertmanager repeat 5 s after the first post; behind a load balancer, as 502s).
+KEEP_ALIVE_SECONDS = 75
+
+
+def server_config(app: FastAPI, host: str, port: int, **kw: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
+                          timeout_keep_alive=KEEP_ALIVE_SECONDS, **kw)
+
+
 async def serve_on_a_free_port(app: FastAPI) -> tuple[str, Any, "asyncio.Task[None]"]:
     """The app served by uvicorn in this event loop on a free 127.0.0.1 port (the tests and the bench):
     its base URL, the server (set ``should_exit`` to stop it) and the task to await after that."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
-                                           access_log=False, lifespan="off"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -622,8 +635,7 @@ async def main() -> int:
              task_queue=settings.task_queue, catalog=str(catalog_path), auth=auth or "none (generic sources only)",
              generic_sources=sorted(config.sources), slack=config.slack_signing_secret is not None,
              max_body=config.max_body)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.receiver_host, port=settings.receiver_port,
-                                           log_config=None, access_log=False))
+    server = uvicorn.Server(server_config(app, settings.receiver_host, settings.receiver_port))
     await server.serve()
     return 0
 
