@@ -54,7 +54,7 @@ receiver: $(STAMP)
 
 ## All tests, offline: starts its own Temporal servers, moto and endpoints (and a headless Chromium).
 ## Three pytest-xdist processes by default, each with its own servers on free ports, a test file per
-## process, longest files first (tests/conftest.py LONGEST_FIRST; about 7.5 minutes on 2 cores, where the
+## process, longest files first (tests/conftest.py LONGEST_FIRST; 7.5 to 11.5 minutes on 2 cores, where the
 ## suite is mostly CPU-bound: 4 processes are no faster); TEST_WORKERS=0 runs the files one after another.
 TEST_WORKERS ?= 3
 test: $(STAMP) bytecode chromium prometheus
