@@ -282,12 +282,12 @@ async def serve() -> int:
                 os.environ.update(aws_env(sandbox_info.endpoint_url))
             if mode.dev_server:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
+                server_log = settings.data_dir / "temporal.log"
                 proc = devserver.start_dev_server(settings.dev_server_port, settings.dev_ui_port,
-                                                  settings.data_dir / "temporal.db",
-                                                  log_file=settings.data_dir / "temporal.log")
+                                                  settings.data_dir / "temporal.db", log_file=server_log)
                 stack.callback(devserver.stop, proc)
                 leftovers.record("the Temporal dev server", proc.pid, str(settings.data_dir / "temporal.db"))
-                await devserver.wait_until_serving(settings.dev_server_port)
+                await devserver.wait_until_serving(settings.dev_server_port, log_file=server_log)
         except FolderInUse as e:
             raise StartupError(str(e)) from None
         except (RuntimeError, OSError) as e:  # a port in use, a missing binary

@@ -39,7 +39,7 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.
     raise TimeoutError(f"{host}:{port} did not open within {timeout:g}s")
 
 
-async def wait_until_serving(port: int, timeout: float = 30.0) -> None:
+async def wait_until_serving(port: int, timeout: float = 30.0, log_file: Path | None = None) -> None:
     """Until the dev server on ``port`` answers calls. It opens its port before its frontend serves: a
     call in between fails with "Frontend is not healthy yet", which a worker starting with it took for an
     unreachable Temporal and refused to start (exit 3)."""
@@ -52,7 +52,9 @@ async def wait_until_serving(port: int, timeout: float = 30.0) -> None:
             return
         except RuntimeError as e:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the dev server on 127.0.0.1:{port} did not serve within {timeout:g}s: {e}") from None
+                where = f"; its log: {log_file}" if log_file else ""
+                raise RuntimeError(f"the dev server on 127.0.0.1:{port} did not serve within {timeout:g}s: {e}{where}"
+                                   ) from None
         await asyncio.sleep(0.1)
 
 

@@ -270,8 +270,9 @@ async def test_the_worker_waits_for_the_dev_servers_frontend_not_just_its_port(t
     from common import devserver
 
     port, ui_port = free_ports(2)
-    with pytest.raises(RuntimeError, match=f"the dev server on 127.0.0.1:{port} did not serve within 0.5s"):
-        await devserver.wait_until_serving(port, timeout=0.5)
+    with pytest.raises(RuntimeError, match=f"the dev server on 127.0.0.1:{port} did not serve within 0.5s") as e:
+        await devserver.wait_until_serving(port, timeout=0.5, log_file=tmp_path / "temporal.log")
+    assert str(e.value).endswith(f"; its log: {tmp_path / 'temporal.log'}")  # where to look next
     waiting = asyncio.create_task(devserver.wait_until_serving(port, timeout=60))
     await asyncio.sleep(0.3)
     assert not waiting.done()  # nothing serves there yet: it keeps asking
