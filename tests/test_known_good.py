@@ -24,7 +24,7 @@ from common.catalog import Catalog
 from common.models import AutoRollbackCheckInput, AutoRollbackReport, RollbackStatus
 from common.settings import Settings
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry, ensure_function
-from tests.conftest import FAST_POLICY, RunCatalog, id_token, in_process_worker, proven, write_catalog
+from tests.conftest import FAST_POLICY, RunCatalog, in_process_worker, proven, write_catalog
 from tests.helpers import bad_metric, new_id, running_revision
 from tests.support.recorder import Recorder
 from worker import build_worker
@@ -68,7 +68,7 @@ async def test_a_service_version_left_as_bad_is_never_the_default_target_again(t
         assert (second.from_version, second.to_version) == ("v1.2.4", "v1.2.2"), second.message
         identify = next(st for st in second.steps if st.name == "Identify previous stable version").detail
         assert "target: v1.2.2 (revision 42): v1.2.2 (revision 42): restored and verified on " in identify
-        assert f"v1.2.3 (revision 43): rolled back from on " in identify and "skipped" in identify
+        assert "v1.2.3 (revision 43): rolled back from on " in identify and "skipped" in identify
         assert running_revision(aws) == (42, "v1.2.2")
 
         # a person may still name any version explicitly

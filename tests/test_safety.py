@@ -20,7 +20,7 @@ from common.catalog import Catalog
 from common.models import Decision, Evidence, RollbackStatus
 from sandbox.catalog import databases_dict
 from sandbox.lambda_fleet import FUNCTION, catalog_entry
-from tests.conftest import RunCatalog, id_token, in_process_worker, proven
+from tests.conftest import id_token, in_process_worker, proven
 from tests.helpers import (failure_text, new_id, no_pending_activities, running_revision, status_of, wait_for,
                            wait_phase)
 from tests.support.recorder import Recorder

@@ -15,7 +15,6 @@ No timing is asserted here (the numbers are bench/'s: ``make bench``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor

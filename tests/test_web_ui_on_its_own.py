@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from urllib.parse import quote
 
-from activities.temporal_locks import lock_id
 from common.api import Rollbacks
 from common.web_ui import GRADUAL_EXAMPLE, ROLLBACKS_ONLY
 from tests.conftest import id_token, in_process_worker
