@@ -9,7 +9,8 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from temporalio.client import WorkflowHandle
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 
 from common.models import RollbackStatus
 from sandbox.metrics import put_datapoints
@@ -50,6 +51,25 @@ async def no_pending_activities(handle: WorkflowHandle, timeout: float = 30) -> 
             return
         assert time.monotonic() < deadline, f"activities still in flight after {timeout:g} s"
         await asyncio.sleep(0.1)
+
+
+async def cancel_when_idle(handle: WorkflowHandle, *also: WorkflowHandle, timeout: float = 60) -> None:
+    """Cancel once the run (and ``also``: its children, say) is idle, then wait at most ``timeout`` for it
+    to end cancelled. The idle wait is for the time-skipping server (see no_pending_activities); the
+    timeout makes a run stranded there a failure that says so, not a test that never ends."""
+    for run in (*also, handle):
+        await no_pending_activities(run)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), timeout)
+
+
+async def signal_when_idle(handle: WorkflowHandle, name: str, arg: object, timeout: float = 60) -> object:
+    """Send signal ``name`` once the run is idle, as cancel_when_idle cancels; the run's result (at most
+    ``timeout`` away)."""
+    await no_pending_activities(handle)
+    await handle.signal(name, arg)
+    return await asyncio.wait_for(handle.result(), timeout)
 
 
 def replayer():

@@ -11,7 +11,6 @@ nothing, changes nothing in AWS, and is recorded with its reason.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from datetime import timedelta
@@ -22,7 +21,6 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
-from temporalio.client import WorkflowFailureError
 
 from activities.identity import mint_automation_token
 from common.api import Rollbacks, workflow_id
@@ -32,7 +30,7 @@ from common.models import Decision, DecisionRequest, Escalation, RollbackStatus,
 from common.settings import Settings
 from sandbox.catalog import alert_rules
 from tests.conftest import AUTOMATION_KEY, RunCatalog, id_token, in_process_worker, write_catalog
-from tests.helpers import bad_metric, new_id, no_pending_activities, running_revision, status_of, wait_for, wait_phase
+from tests.helpers import bad_metric, cancel_when_idle, new_id, running_revision, status_of, wait_for, wait_phase
 from tests.support.recorder import Recorder
 from worker import build_worker
 from workflows.flags import FeatureFlagRollback
@@ -57,10 +55,7 @@ async def start(env, worker, req, wf_id: str | None = None):
 
 async def cancelled(handle) -> None:
     """Cancel, and wait until the run has closed (and so let go of its target)."""
-    await no_pending_activities(handle)
-    await handle.cancel()
-    with pytest.raises(WorkflowFailureError):
-        await asyncio.wait_for(handle.result(), 60)
+    await cancel_when_idle(handle)
 
 
 def unchanged(aws) -> None:

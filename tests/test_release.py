@@ -4,7 +4,6 @@ workflow. Real Temporal (time-skipping), moto + the sandbox fleet, real PostgreS
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
@@ -18,7 +17,7 @@ from common.releases import Release, plan, waves
 from sandbox.frontend_fleet import SITE_BUCKET, release_files
 from sandbox.lambda_fleet import ALIAS, FUNCTION, catalog_entry
 from tests.conftest import RunCatalog, id_token, in_process_worker
-from tests.helpers import (failure_text, new_id, no_pending_activities, running_revision, status_of, wait_for,
+from tests.helpers import (cancel_when_idle, failure_text, new_id, running_revision, status_of, wait_for,
                            wait_phase)
 from tests.test_crash import spawn_worker  # noqa: F401  (the fixture: worker.py subprocesses, killed at teardown)
 from workflows.release import ReleaseRollback, previous_release
@@ -261,11 +260,7 @@ async def test_cancel_mid_release_stops_every_child(ts_env, aws, catalog):
                            what="the service component running")
         child = ts_env.client.get_workflow_handle(next(c.workflow_id for c in s.components if c.kind == "service"))
         await wait_phase(child, "monitoring")
-        for run in (child, handle):  # temporalio/sdk-java#2391: see tests/helpers.py
-            await no_pending_activities(run)
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await asyncio.wait_for(handle.result(), 60)
+        await cancel_when_idle(handle, child)
         s = await status_of(handle)
         child_status = await status_of(child)
     assert s.phase.value == "cancelled"

@@ -21,8 +21,8 @@ from common.models import Decision, Evidence, RollbackStatus
 from sandbox.catalog import databases_dict
 from sandbox.lambda_fleet import FUNCTION, catalog_entry
 from tests.conftest import id_token, in_process_worker, proven
-from tests.helpers import (failure_text, new_id, no_pending_activities, running_revision, status_of, wait_for,
-                           wait_phase)
+from tests.helpers import (cancel_when_idle, failure_text, new_id, running_revision, signal_when_idle, status_of,
+                           wait_for, wait_phase)
 from tests.support.recorder import Recorder
 
 SLACK, PAGE, TICKETS, PD = "/services/T0/B0/hook", "/v1/pages/p1", "/tickets", "/v2/enqueue"
@@ -234,10 +234,7 @@ async def test_alerts_with_huge_labels_never_wedge_a_rollback(ts_env, aws, catal
         s = await wait_for(h, lambda s: s.evidence_received == 300, 30, "the evidence")
         assert len(s.evidence) == 10
         assert len(s.model_dump_json()) < 512 * 1024  # far below Temporal's 2 MB: queries keep working
-        await no_pending_activities(h)  # temporalio/sdk-java#2391: see tests/helpers.py
-        await h.cancel()  # and a cancel still works
-        with pytest.raises(WorkflowFailureError):
-            await asyncio.wait_for(h.result(), 60)
+        await cancel_when_idle(h)  # and a cancel still works
         assert (await status_of(h)).phase.value == "cancelled"
     # the receiver answers 422 naming the label, and starts nothing
     from receiver import GenericAlert, Receiver
@@ -267,9 +264,8 @@ async def test_an_undecided_gate_pages_the_on_call_then_the_secondary_and_resolv
         await ts_env.sleep(timedelta(minutes=15))
         await wait_for(h, lambda s: any(a.action == "page the secondary on-call" for a in s.actions), 30,
                        "the second page")
-        await no_pending_activities(h)  # temporalio/sdk-java#2391: see tests/helpers.py
-        await h.signal("approve", Decision(approver="dana", id_token=id_token("dana")))
-        s = RollbackStatus.model_validate(await asyncio.wait_for(h.result(), 60))
+        s = RollbackStatus.model_validate(
+            await signal_when_idle(h, "approve", Decision(approver="dana", id_token=id_token("dana"))))
     events = [r.body for r in outside.at(PD)]
     key = f"rollback/{h.id}/{h.result_run_id}"
     assert [(e["routing_key"], e["event_action"], e["dedup_key"]) for e in events] == [
@@ -295,9 +291,7 @@ async def test_sev0_has_no_response_time_so_nobody_is_paged(ts_env, aws, catalog
         # state for action") and never retries: the run is stranded (temporalio/sdk-java#3088).
         await ts_env.sleep(timedelta(hours=2, minutes=30))
         await wait_for(h, lambda s: sum("reminder sent" in e.what for e in s.events) >= 2, 30, "reminders")
-        await no_pending_activities(h)  # temporalio/sdk-java#2391: see tests/helpers.py
-        await h.signal("reject", Decision(approver="alice", id_token=id_token("alice"), reason="not needed"))
-        await asyncio.wait_for(h.result(), 60)
+        await signal_when_idle(h, "reject", Decision(approver="alice", id_token=id_token("alice"), reason="not needed"))
     assert outside.at(PD) == []
 
 

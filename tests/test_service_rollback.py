@@ -3,7 +3,6 @@ cancellation and dry runs. Time-skipping server; moto and the sandbox endpoints 
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 import pytest
@@ -11,7 +10,7 @@ from temporalio.client import WorkflowFailureError
 
 from common.models import Decision, RollbackStatus, ServiceRollbackInput
 from tests.conftest import id_token, in_process_worker
-from tests.helpers import (bad_metric, failure_text, new_id, no_pending_activities, running_revision, status_of,
+from tests.helpers import (bad_metric, cancel_when_idle, failure_text, new_id, running_revision, status_of,
                            wait_for, wait_phase)
 from workflows.service import ServiceRollback
 
@@ -151,10 +150,7 @@ async def test_cancel_stops_changes_and_records_state(ts_env, aws, catalog):
         handle = await ts_env.client.start_workflow(
             ServiceRollback.run, request(catalog.api, requested_by="zoe"), id=new_id(), task_queue=worker.task_queue)
         await wait_phase(handle, "awaiting_approval")
-        await no_pending_activities(handle)
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await asyncio.wait_for(handle.result(), 60)
+        await cancel_when_idle(handle)
         s = await status_of(handle)
     assert s.phase.value == "cancelled"
     assert "no further changes" in s.message and "Identify previous stable version" in s.message
@@ -167,10 +163,7 @@ async def test_cancel_during_monitoring_keeps_the_good_version(ts_env, aws, cata
         handle = await ts_env.client.start_workflow(
             ServiceRollback.run, request(catalog.api), id=new_id(), task_queue=worker.task_queue)
         await wait_phase(handle, "monitoring", timeout=60)
-        await no_pending_activities(handle)  # between rounds of checks (temporalio/sdk-java#2391, tests/helpers.py)
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await asyncio.wait_for(handle.result(), 60)
+        await cancel_when_idle(handle)  # between rounds of checks
         s = await status_of(handle)
     assert s.phase.value == "cancelled"
     assert running_revision(aws) == (42, "v1.2.2")
