@@ -13,8 +13,9 @@ line of the CLI runs; only the interpreter's start and the imports are shared.
 The crash and restart tests start ``python worker.py`` about thirty times a run, at 3-4 CPU-seconds of
 imports each (SciPy alone is one): ``spawn_worker`` forks those from a helper of their own, as a
 ``subprocess.Popen`` with ``start_new_session=True`` would run them (``ForkedProcess`` has the parts of
-Popen the tests use). Modules that read the environment at import would see the helper's: ours read it
-when called (Settings, the AWS clients), which the tests of a worker's settings prove.
+Popen the tests use). A module that read the environment at import would see the helper's; ours read
+it when called (Settings, the AWS clients): the make run tests give each worker its own ports and data
+folder that way.
 
 What it does not cover, and so the shell-run tests keep a real interpreter: the imports themselves
 and the printed commands as typed (tests/test_quickstart.py, tests/test_production.py,
