@@ -66,7 +66,8 @@ def port_in_use(host: str, port: int) -> bool:
 
 def start_dev_server(port: int, ui_port: int, db_file: Path | None, log_file: Path | None = None,
                      headless: bool = False) -> subprocess.Popen:
-    """Start the dev server with our search attributes registered; returns once it accepts calls."""
+    """Start the dev server with our search attributes registered; returns once its port is open (its
+    frontend may not answer yet: await ``wait_until_serving`` before the first call)."""
     if port_in_use("127.0.0.1", port):
         raise RuntimeError(f"127.0.0.1:{port} is already in use: is another Temporal server running (one left "
                            "by a worker that crashed)? Stop it, or set ROLLBACK_DEV_SERVER_PORT to a free port")
